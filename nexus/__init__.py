@@ -1,0 +1,65 @@
+"""Model Nexus: upload ONNX models over HTTP and get predictions from them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Request, current_app
+
+from nexus import config, errors, http
+from nexus.registry import Registry
+from nexus.store import ModelStore
+
+__version__ = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Nexus:
+    """What a running app holds: its settings, the model directory and this worker's registry."""
+
+    settings: config.Settings
+    store: ModelStore
+    registry: Registry
+
+
+class NexusRequest(Request):
+    """A request whose uploaded files stream straight into the model directory, not into /tmp."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        pending = current_app.extensions["nexus"].store.new_pending()
+        self.environ.setdefault("nexus.pending", []).append(pending)
+        return pending.file
+
+
+def _discard_pending(_exc: BaseException | None) -> None:
+    from flask import request
+
+    for pending in request.environ.get("nexus.pending", ()):
+        pending.discard()
+
+
+def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from the environment, with ``settings`` (a Settings or overrides) on top."""
+    if not isinstance(settings, config.Settings):
+        settings = config.with_overrides(config.from_env(), settings or {})
+    app = Flask(__name__)
+    app.request_class = NexusRequest
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    store = ModelStore(settings.model_dir)
+    store.ensure()
+    app.extensions["nexus"] = Nexus(settings, store, Registry(store, settings.ort_threads))
+    errors.init_app(app)
+    http.init_app(app)
+    app.teardown_request(_discard_pending)
+
+    from nexus.api import register_blueprints
+
+    register_blueprints(app)
+    return app
+
+
+def start_worker(app: Flask) -> None:
+    """Load the model directory in this process (call after the fork, before serving)."""
+    app.extensions["nexus"].registry.sync()

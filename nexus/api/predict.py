@@ -1,0 +1,85 @@
+"""POST /predict: the seed API's prediction on one model."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from flask import Blueprint
+
+from nexus.api import nexus, require_predict_token
+from nexus.errors import BadInput
+from nexus.http import current_request_id, json_response, read_json_object, set_request_id, utc_now, valid_request_id
+from nexus.registry import Model
+from nexus.tensors import decode_features, encode_output, flatten_output
+
+bp = Blueprint("predict", __name__)
+bp.before_request(require_predict_token)
+
+
+@bp.post("/predict")
+def predict():
+    body = read_json_object()
+    model = nexus().registry.get(_model_id(body))
+    request_id = _request_id(body)
+    started = time.perf_counter()
+    results = model.runtime.run(feeds(model, body))
+    outputs = {spec.name: encode_output(value) for spec, value in zip(model.outputs, results, strict=True)}
+    return json_response({
+        "model_id": model.id,
+        "request_id": request_id,
+        "prediction": flatten_output(results[0]),
+        "outputs": outputs,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        "timestamp": utc_now(),
+    })
+
+
+def _model_id(body: dict[str, Any]) -> str:
+    model_id = body.get("model_id")
+    if model_id is None:
+        raise BadInput("field 'model_id' is missing")
+    if not isinstance(model_id, str) or not model_id:
+        raise BadInput("field 'model_id' must be a non-empty string")
+    return model_id
+
+
+def _request_id(body: dict[str, Any]) -> str:
+    given = body.get("request_id")
+    if given is not None:
+        if not valid_request_id(given):
+            raise BadInput("field 'request_id' must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+        set_request_id(given)
+    return current_request_id()
+
+
+def feeds(model: Model, body: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Decode ``features`` (single-input models) or ``inputs`` (any model) into onnxruntime feeds."""
+    specs = model.inputs
+    if "features" in body and "inputs" in body:
+        raise BadInput("send either 'features' or 'inputs', not both")
+    if "features" in body:
+        if len(specs) != 1:
+            names = ", ".join(s.name for s in specs)
+            raise BadInput(f"model '{model.id}' has {len(specs)} inputs ({names}); send 'inputs': {{name: values}} instead of 'features'")
+        spec = specs[0]
+        return {spec.name: decode_features(spec.name, body["features"], _tensor_dtype(spec), spec.shape)}
+    given = body.get("inputs")
+    if given is None:
+        raise BadInput("field 'features' (or 'inputs' for models with several inputs) is missing")
+    if not isinstance(given, dict):
+        raise BadInput("field 'inputs' must be an object mapping input names to values")
+    unknown = sorted(set(given) - {s.name for s in specs})
+    if unknown:
+        raise BadInput(f"model '{model.id}' has no input named {', '.join(repr(u) for u in unknown)}")
+    missing = [s.name for s in specs if s.name not in given]
+    if missing:
+        raise BadInput(f"input(s) {', '.join(repr(m) for m in missing)} missing for model '{model.id}'")
+    return {s.name: decode_features(s.name, given[s.name], _tensor_dtype(s), s.shape) for s in specs}
+
+
+def _tensor_dtype(spec):
+    if spec.dtype is None:
+        raise BadInput(f"input '{spec.name}' has type {spec.type}, which cannot be sent as JSON")
+    return spec.dtype

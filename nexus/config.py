@@ -1,0 +1,137 @@
+"""Settings for one server process, read once from the environment (and an optional ``.env``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+MB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """Raised when an environment variable holds a value the server cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: Path = Path("models")
+    max_upload_mb: float = 512
+    max_request_mb: float = 32
+    api_token: str | None = None
+    protect_predict: bool = False
+    ort_threads: int = 1
+    log_level: str = "INFO"
+    cors_origins: tuple[str, ...] = ("*",)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MB)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.max_request_mb * MB)
+
+
+# environment variable -> (field, parser)
+def _positive_number(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be an integer >= 1")
+    return value
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1/0, true/false, yes/no or on/off")
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip() for o in raw.split(",") if o.strip())
+    return origins or ("*",)
+
+
+_ENV = {
+    "NEXUS_MODEL_DIR": ("model_dir", Path),
+    "NEXUS_MAX_UPLOAD_MB": ("max_upload_mb", _positive_number),
+    "NEXUS_MAX_REQUEST_MB": ("max_request_mb", _positive_number),
+    "NEXUS_API_TOKEN": ("api_token", lambda raw: raw or None),
+    "NEXUS_PROTECT_PREDICT": ("protect_predict", _flag),
+    "NEXUS_ORT_THREADS": ("ort_threads", _positive_int),
+    "NEXUS_LOG_LEVEL": ("log_level", _log_level),
+    "NEXUS_CORS_ORIGINS": ("cors_origins", _origins),
+}
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Return the ``KEY=VALUE`` pairs of a ``.env`` file; blank lines and ``#`` comments are skipped."""
+    pairs: dict[str, str] = {}
+    if not path.is_file():
+        return pairs
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        pairs[key.strip()] = value
+    return pairs
+
+
+def default_ort_threads(environ: Mapping[str, str]) -> int:
+    """Give each worker an equal share of the cores so workers x threads never exceeds them."""
+    cores = os.cpu_count() or 1
+    try:
+        workers = int(environ.get("WEB_CONCURRENCY", "") or cores)
+    except ValueError:
+        workers = cores
+    return max(1, cores // max(1, workers))
+
+
+def from_env(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
+    """Build the settings from ``environ`` (default ``os.environ``) over the values of a ``.env`` file."""
+    env = dict(read_dotenv(dotenv)) if dotenv else {}
+    env.update(os.environ if environ is None else environ)
+    values: dict[str, object] = {"ort_threads": default_ort_threads(env)}
+    for name, (field, parse) in _ENV.items():
+        raw = env.get(name)
+        if raw is None:
+            continue
+        try:
+            values[field] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    return Settings(**values)
+
+
+def with_overrides(settings: Settings, overrides: Mapping[str, object]) -> Settings:
+    """Return ``settings`` with the given fields replaced; unknown names are an error."""
+    known = {f.name for f in fields(Settings)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    values = dict(overrides)
+    if "model_dir" in values:
+        values["model_dir"] = Path(values["model_dir"])  # type: ignore[arg-type]
+    return replace(settings, **values)

@@ -1,0 +1,160 @@
+"""The error hierarchy of the API and the one handler that renders every error as JSON."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger("nexus.errors")
+
+
+class ApiError(Exception):
+    """Base of every error the API answers with; subclasses only set ``status`` and ``code``."""
+
+    status = 500
+    code = "internal_error"
+    headers: dict[str, str] = {}
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadInput(ApiError):
+    """400: raise when the request is malformed or its values do not fit the model."""
+
+    status = 400
+    code = "bad_input"
+
+
+class InvalidModel(BadInput):
+    """400: raise when an uploaded file is not a model this server can load."""
+
+    code = "invalid_model"
+
+
+class Unauthorized(ApiError):
+    """401: raise when a route needs the API token and the request lacks the right one."""
+
+    status = 401
+    code = "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="model-nexus"'}
+
+    def __init__(self, message: str = "this route needs 'Authorization: Bearer <token>' with the server's API token") -> None:
+        super().__init__(message)
+
+
+class ModelNotFound(ApiError):
+    """404: raise when no model with the asked id is registered."""
+
+    status = 404
+    code = "model_not_found"
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(f"model '{model_id}' is not registered")
+        self.model_id = model_id
+
+
+class ModelExists(ApiError):
+    """409: raise when an upload names an id that is already registered."""
+
+    status = 409
+    code = "model_exists"
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(f"model '{model_id}' is already registered; delete it first or choose another id")
+
+
+class ModelBusy(ApiError):
+    """409: raise when another request is writing the same model id right now."""
+
+    status = 409
+    code = "model_busy"
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(f"model '{model_id}' is being written by another request; try again")
+
+
+class TooLarge(ApiError):
+    """413: raise when a body is over its configured limit."""
+
+    status = 413
+    code = "too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    """415: raise when the body is not in the content type the route reads."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class InferenceFailed(ApiError):
+    """500: raise when onnxruntime fails while running a model on valid-looking input."""
+
+    status = 500
+    code = "inference_failed"
+
+
+class NotReady(ApiError):
+    """503: raise when this worker cannot serve models yet."""
+
+    status = 503
+    code = "not_ready"
+
+
+# Werkzeug's own errors keep their status; the code is derived from their name.
+_WERKZEUG_MESSAGES = {
+    404: "no such route; see GET /openapi.json for the API",
+    405: "method not allowed on this route",
+}
+
+
+def error_payload(status: int, code: str, message: str) -> tuple[dict[str, object], int]:
+    """Return the JSON body every error response carries, with the current request id."""
+    from nexus.http import current_request_id
+
+    return {"error": message, "code": code, "request_id": current_request_id()}, status
+
+
+def _render_api_error(exc: ApiError):
+    from nexus.http import json_response
+
+    body, status = error_payload(exc.status, exc.code, exc.message)
+    return json_response(body, status, headers=exc.headers)
+
+
+def _render_http_exception(exc: HTTPException):
+    from nexus.http import json_response
+
+    status = exc.code or 500
+    if status == 413:
+        return _render_api_error(TooLarge(_too_large_message()))
+    code = "_".join(exc.name.lower().split()) if exc.name else "http_error"
+    message = _WERKZEUG_MESSAGES.get(status) or (exc.description or exc.name or "error").strip()
+    body, status = error_payload(status, code, message)
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+    return json_response(body, status, headers=headers)
+
+
+def _too_large_message() -> str:
+    from flask import request
+
+    limit = request.max_content_length or 0
+    return f"request body is over the limit of {limit / (1024 * 1024):g} MB"
+
+
+def _render_unexpected(exc: Exception):
+    if isinstance(exc, HTTPException):
+        return _render_http_exception(exc)
+    log.exception("unhandled error", extra={"error_type": type(exc).__name__})
+    return _render_api_error(ApiError("internal server error; the request id is in the server log"))
+
+
+def init_app(app: Flask) -> None:
+    """Render every error, Werkzeug's included, as a JSON body."""
+    app.register_error_handler(ApiError, _render_api_error)
+    app.register_error_handler(HTTPException, _render_http_exception)
+    app.register_error_handler(Exception, _render_unexpected)

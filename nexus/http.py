@@ -1,0 +1,92 @@
+"""HTTP plumbing shared by every blueprint: request ids, JSON bodies in and out, timestamps."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from flask import Flask, Response, request
+
+from nexus.errors import BadInput, UnsupportedMediaType
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_KEY = "nexus.request_id"
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
+# NaN and +-Infinity become null (orjson's rule); numpy arrays and int map keys are written natively.
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def valid_request_id(value: object) -> bool:
+    """Tell whether ``value`` may be used as a request id (1-128 chars of ``[A-Za-z0-9._:-]``)."""
+    return isinstance(value, str) and _VALID_REQUEST_ID(value) is not None
+
+
+def current_request_id() -> str | None:
+    """Return the id of the request being served, or None outside a request."""
+    if not request:
+        return None
+    environ = request.environ
+    rid = environ.get(_REQUEST_ID_KEY)
+    if rid is None:
+        incoming = environ.get("HTTP_X_REQUEST_ID")
+        rid = incoming if valid_request_id(incoming) else str(uuid.uuid4())
+        environ[_REQUEST_ID_KEY] = rid
+    return rid
+
+
+def set_request_id(value: str) -> None:
+    """Make ``value`` the id of the current request (a client may name it in the body)."""
+    request.environ[_REQUEST_ID_KEY] = value
+
+
+def utc_now() -> str:
+    """Return the current time as RFC 3339 UTC with milliseconds and a ``Z``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def dumps(body: Any) -> bytes:
+    """Encode ``body`` as JSON: numpy arrays natively, NaN and Infinity as null."""
+    return orjson.dumps(body, option=_DUMPS_OPTIONS)
+
+
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """Build a JSON response without Flask's slower provider."""
+    response = Response(dumps(body), status=status, mimetype="application/json")
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
+def read_json_object() -> dict[str, Any]:
+    """Parse the request body as one JSON object, or raise the 4xx that says what is wrong."""
+    mimetype = request.mimetype
+    if mimetype and not _is_json(mimetype):
+        raise UnsupportedMediaType(f"send the body as JSON with 'Content-Type: application/json', not '{mimetype}'")
+    data = request.get_data(cache=False)
+    if not data:
+        raise BadInput("request body is empty; send a JSON object")
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadInput(f"request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def _stamp_request_id(response: Response) -> Response:
+    response.headers[REQUEST_ID_HEADER] = current_request_id()
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Give every response, errors included, an ``X-Request-ID`` header."""
+    app.after_request(_stamp_request_id)

@@ -1,0 +1,103 @@
+"""A minimal protobuf walk over an ONNX file that finds tensors stored as external data.
+
+onnxruntime resolves an external tensor's ``location`` relative to the model file, so an
+uploaded model could read another model's file as its weights. We reject such models before
+onnxruntime sees them. The walk visits only the messages that can hold tensors and skips every
+other field (raw weights included) without copying it.
+"""
+
+from __future__ import annotations
+
+# Field numbers from onnx.proto (they are part of the wire format and never change).
+_MODEL = {7: "graph", 20: "training", 25: "function"}
+_TRAINING = {1: "graph", 2: "graph"}
+_FUNCTION = {7: "node"}
+_GRAPH = {1: "node", 5: "tensor", 15: "sparse"}
+_NODE = {5: "attribute"}
+_ATTRIBUTE = {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"}
+_SPARSE = {1: "tensor", 2: "tensor"}
+_TENSOR_EXTERNAL_DATA = 13
+_TENSOR_DATA_LOCATION = 14
+_EXTERNAL = 1
+
+_KIND_FIELDS = {
+    "model": _MODEL,
+    "training": _TRAINING,
+    "function": _FUNCTION,
+    "graph": _GRAPH,
+    "node": _NODE,
+    "attribute": _ATTRIBUTE,
+    "sparse": _SPARSE,
+}
+_MAX_DEPTH = 64
+
+
+class ProtobufError(ValueError):
+    """Raised when the bytes are not a well-formed protobuf message."""
+
+
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise ProtobufError("truncated or overlong varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: memoryview, start: int, end: int):
+    """Yield (field number, wire type, value or (start, end) of a length-delimited field)."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos, end)
+            yield number, wire, value
+        elif wire == 2:
+            length, pos = _varint(buf, pos, end)
+            if pos + length > end:
+                raise ProtobufError("length-delimited field runs past its message")
+            yield number, wire, (pos, pos + length)
+            pos += length
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ProtobufError(f"unsupported wire type {wire}")
+        if pos > end:
+            raise ProtobufError("field runs past its message")
+
+
+def _tensor_is_external(buf: memoryview, start: int, end: int) -> bool:
+    for number, wire, value in _fields(buf, start, end):
+        if number == _TENSOR_EXTERNAL_DATA and wire == 2:
+            return True
+        if number == _TENSOR_DATA_LOCATION and wire == 0 and value == _EXTERNAL:
+            return True
+    return False
+
+
+def uses_external_data(data: bytes | memoryview) -> bool:
+    """Tell whether any tensor in the serialized ModelProto ``data`` points at external data."""
+    buf = memoryview(data)
+    stack = [("model", 0, len(buf), 0)]
+    while stack:
+        kind, start, end, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise ProtobufError("messages nested too deeply")
+        if kind == "tensor":
+            if _tensor_is_external(buf, start, end):
+                return True
+            continue
+        wanted = _KIND_FIELDS[kind]
+        for number, wire, value in _fields(buf, start, end):
+            child = wanted.get(number)
+            if child is not None and wire == 2:
+                stack.append((child, value[0], value[1], depth + 1))
+    return False

@@ -1,0 +1,282 @@
+"""The model directory: the only module that reads or writes model files.
+
+A model ``<id>`` is two files, ``<id>.onnx`` and its sidecar ``<id>.model_info.json``, and it is
+visible exactly when the sidecar exists. Every write is a temporary file that is flushed, then
+renamed into place, the sidecar last, so a crash leaves either the whole model or nothing.
+
+Work in progress lives in hidden files (names starting with ``.``, which no id may) and each one
+is held with an exclusive ``flock`` by the process writing it: a claim ``.<id>.claim`` that makes
+that process the only writer of ``<id>`` across workers and replicas, and ``*.tmp`` files.
+The kernel drops the lock when its holder dies, so a hidden file nobody holds is a leftover
+of a crash and is safe to remove.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from nexus.errors import BadInput, ModelBusy
+
+log = logging.getLogger("nexus.store")
+
+MODEL_SUFFIX = ".onnx"
+SIDECAR_SUFFIX = ".model_info.json"
+_CLAIM_SUFFIX = ".claim"
+_TMP_SUFFIX = ".tmp"
+_VALID_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}").fullmatch
+_CHUNK = 1024 * 1024
+
+
+def check_id(model_id: object) -> str:
+    """Return ``model_id`` if it is 1-64 chars of ``[A-Za-z0-9._-]`` not starting with '.', else raise."""
+    if not isinstance(model_id, str) or not model_id:
+        raise BadInput("model id is missing; give 1-64 characters of A-Z a-z 0-9 . _ -")
+    if _VALID_ID(model_id) is None:
+        raise BadInput(
+            f"invalid model id {model_id[:80]!r}: use 1-64 characters of A-Z a-z 0-9 . _ - not starting with '.'"
+        )
+    return model_id
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (own.st_dev, own.st_ino) == (st.st_dev, st.st_ino)
+
+
+def _lock_path(path: Path, create: bool) -> int | None:
+    """Open ``path`` and take its exclusive lock; return the fd, or None if someone else holds it.
+
+    Returns None as well when ``create`` is False and the file does not exist. The inode check
+    after locking catches a file that a clean-up removed between our open and our lock.
+    """
+    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    while True:
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)
+        if not create:
+            return None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PendingFile:
+    """A hidden, locked temporary file in the model directory; removed unless published."""
+
+    def __init__(self, directory: Path) -> None:
+        while True:
+            self.path = directory / f".upload-{secrets.token_hex(8)}{_TMP_SUFFIX}"
+            fd = _lock_path(self.path, create=True)
+            if fd is not None:
+                break
+        self.file: IO[bytes] = os.fdopen(fd, "w+b")
+        self.published = False
+
+    def size(self) -> int:
+        self.file.flush()
+        return os.fstat(self.file.fileno()).st_size
+
+    def read_all(self) -> bytes:
+        self.file.flush()
+        self.file.seek(0)
+        return self.file.read()
+
+    def discard(self) -> None:
+        """Remove the file unless it was published; always release the lock."""
+        if not self.published:
+            self.path.unlink(missing_ok=True)
+            self.published = True  # nothing left to remove on a second call
+        if not self.file.closed:
+            self.file.close()
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """What the directory says about one visible model: its id and the identity of its two files."""
+
+    model_id: str
+    signature: tuple[int, ...] | None
+
+
+class ModelStore:
+    """The model directory on disk (shared by every worker and replica)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def model_path(self, model_id: str) -> Path:
+        return self.directory / f"{check_id(model_id)}{MODEL_SUFFIX}"
+
+    def sidecar_path(self, model_id: str) -> Path:
+        return self.directory / f"{check_id(model_id)}{SIDECAR_SUFFIX}"
+
+    def display_path(self, model_id: str) -> str:
+        """Return the model's path relative to the directory's parent, like ``models/iris.onnx``."""
+        return f"{self.directory.name}/{model_id}{MODEL_SUFFIX}"
+
+    def ensure(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def dir_stamp(self) -> tuple[int, int]:
+        """Return (inode, mtime_ns) of the directory: it changes whenever a model appears or goes."""
+        st = os.stat(self.directory)
+        return st.st_ino, st.st_mtime_ns
+
+    def exists(self, model_id: str) -> bool:
+        return self.sidecar_path(model_id).exists()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def new_pending(self) -> PendingFile:
+        """Create a temporary file in the directory for an upload to stream into."""
+        return PendingFile(self.directory)
+
+    @contextmanager
+    def claim(self, model_id: str) -> Iterator[None]:
+        """Be the only writer of ``model_id`` in every worker and replica, or raise ModelBusy."""
+        path = self.directory / f".{check_id(model_id)}{_CLAIM_SUFFIX}"
+        fd = _lock_path(path, create=True)
+        if fd is None:
+            raise ModelBusy(model_id)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            os.close(fd)
+
+    def publish(self, model_id: str, pending: PendingFile, sidecar: dict[str, Any]) -> None:
+        """Move a pending upload into place as ``model_id``, then write its sidecar. Hold the claim."""
+        pending.file.flush()
+        os.fsync(pending.file.fileno())
+        os.replace(pending.path, self.model_path(model_id))
+        pending.published = True
+        self._write_sidecar(model_id, sidecar)
+        _fsync_dir(self.directory)
+
+    def _write_sidecar(self, model_id: str, sidecar: dict[str, Any]) -> None:
+        tmp = PendingFile(self.directory)
+        try:
+            tmp.file.write(orjson.dumps(sidecar, option=orjson.OPT_INDENT_2) + b"\n")
+            tmp.file.flush()
+            os.fsync(tmp.file.fileno())
+            os.replace(tmp.path, self.sidecar_path(model_id))
+            tmp.published = True
+        finally:
+            tmp.discard()
+
+    def remove(self, model_id: str) -> None:
+        """Remove a model, sidecar first so it stops being visible at once. Hold the claim."""
+        self.sidecar_path(model_id).unlink(missing_ok=True)
+        self.model_path(model_id).unlink(missing_ok=True)
+        _fsync_dir(self.directory)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def scan(self) -> list[StoredModel]:
+        """List the visible models with a signature that changes whenever either file is replaced."""
+        found = []
+        with os.scandir(self.directory) as entries:
+            names = [e.name for e in entries if e.name.endswith(SIDECAR_SUFFIX) and not e.name.startswith(".")]
+        for name in sorted(names):
+            model_id = name[: -len(SIDECAR_SUFFIX)]
+            if _VALID_ID(model_id) is None:
+                log.warning("skipping sidecar with an invalid id", extra={"file": name})
+                continue
+            found.append(StoredModel(model_id, self.signature(model_id)))
+        return found
+
+    def signature(self, model_id: str) -> tuple[int, ...] | None:
+        """Return the identity of a model's two files, or None when one of them is missing."""
+        try:
+            sc = os.stat(self.sidecar_path(model_id))
+            mo = os.stat(self.model_path(model_id))
+        except FileNotFoundError:
+            return None
+        return (sc.st_ino, sc.st_mtime_ns, sc.st_size, mo.st_ino, mo.st_mtime_ns, mo.st_size)
+
+    def read_sidecar(self, model_id: str) -> dict[str, Any]:
+        """Return the sidecar as a dict; raise ValueError with the reason if it is not usable."""
+        try:
+            data = orjson.loads(self.sidecar_path(model_id).read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"sidecar is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError("sidecar is not a JSON object")
+        if data.get("id", model_id) != model_id:
+            raise ValueError(f"sidecar names id {data.get('id')!r}, not {model_id!r}")
+        return data
+
+    def read_model(self, model_id: str) -> bytes:
+        return self.model_path(model_id).read_bytes()
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def clean_leftovers(self) -> list[str]:
+        """Remove what crashed writers left behind: unheld temp and claim files, models without sidecar."""
+        removed = []
+        with os.scandir(self.directory) as entries:
+            names = sorted(e.name for e in entries)
+        present = set(names)
+        for name in names:
+            if name.startswith(".") and name.endswith((_TMP_SUFFIX, _CLAIM_SUFFIX)):
+                if self._remove_if_unheld(self.directory / name):
+                    removed.append(name)
+            elif name.endswith(MODEL_SUFFIX) and _VALID_ID(model_id := name[: -len(MODEL_SUFFIX)]):
+                if f"{model_id}{SIDECAR_SUFFIX}" in present:
+                    continue
+                try:
+                    with self.claim(model_id):
+                        if not self.exists(model_id):
+                            self.model_path(model_id).unlink(missing_ok=True)
+                            removed.append(name)
+                except ModelBusy:
+                    continue
+        if removed:
+            log.warning("removed leftovers of interrupted writes", extra={"files": removed})
+        return removed
+
+    @staticmethod
+    def _remove_if_unheld(path: Path) -> bool:
+        fd = _lock_path(path, create=False)
+        if fd is None:
+            return False
+        try:
+            path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+        return True
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
