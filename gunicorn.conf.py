@@ -5,20 +5,52 @@ A ``--bind`` or ``--workers`` on the command line still wins over these.
 """
 
 import os
+import shutil
+import tempfile
 
+# -- Prometheus multiprocess mode -------------------------------------------------------------
+# Must be in the environment before any worker imports prometheus_client. An operator's own
+# directory is honoured; otherwise each server start gets a fresh private one.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nexus-metrics-")
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+# -- serving ----------------------------------------------------------------------------------
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1)
-worker_class = "sync"
-timeout = 300  # a 512 MB upload over a slow link must not be killed as a hung worker
-graceful_timeout = 15
-keepalive = 5
+# sync workers measured fastest for small predictions (README: "Choosing the worker class").
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))  # a 512 MB upload over a slow link is not a hung worker
+graceful_timeout = 15  # SIGTERM: finish in-flight requests for up to 15 s, then exit
+keepalive = 5  # nginx keeps upstream connections open (deploy/nginx.conf)
+# The heartbeat file lives in memory, not on a possibly slow container disk.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# Trust X-Forwarded-* only from these addresses (nginx on the same host or pod by default);
+# set FORWARDED_ALLOW_IPS to nginx's address, or "*" on a private network behind it.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # gunicorn 24+ opens a control socket under $HOME; we do not use it, and several servers on one
 # machine (tests, replicas) would fight over the one path.
 control_socket_disable = True
 
+# -- logs: one JSON object per line on stdout, gunicorn's own lines included -------------------
+logger_class = "nexus.observability.logs.GunicornLogger"
+loglevel = os.environ.get("NEXUS_LOG_LEVEL", "INFO").lower()
+errorlog = "-"
+# The app writes one JSON line per request; set GUNICORN_ACCESS_LOG=- for gunicorn's as well.
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)s %({x-request-id}o)s'
 
+
+# -- hooks --------------------------------------------------------------------------------------
 def on_starting(server):
-    """Remove what interrupted uploads left in the model directory, once, before any worker starts."""
+    """Empty the metrics directory and clear leftovers of interrupted uploads, once, in the master."""
+    for name in os.listdir(_metrics_dir):
+        path = os.path.join(_metrics_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
     from nexus.config import from_env
     from nexus.store import ModelStore
 
@@ -32,3 +64,10 @@ def post_worker_init(worker):
     from nexus import start_worker
 
     start_worker(worker.wsgi)
+
+
+def child_exit(server, worker):
+    """Keep a dead worker's counters but drop its live gauges (models_loaded)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

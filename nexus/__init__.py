@@ -1,18 +1,26 @@
-"""Model Nexus: upload ONNX models over HTTP and get predictions from them."""
+"""Model Nexus: upload ONNX models over HTTP and get predictions from them.
+
+Importing the package is light (no onnxruntime, no files touched): gunicorn's master imports
+it for its hooks, and only the workers build the app and its sessions.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Request, current_app
+from flask import Flask, Request, current_app, request
 
-from nexus import config, errors, http
-from nexus.registry import Registry
-from nexus.store import ModelStore
+from nexus import config
+
+if TYPE_CHECKING:
+    from nexus.registry import Registry
+    from nexus.store import ModelStore
 
 __version__ = "0.1.0"
+CORS_METHODS = ["GET", "POST", "DELETE", "OPTIONS"]
+CORS_HEADERS = ["Content-Type", "Authorization", "X-Request-ID", "Inference-Header-Content-Length"]
 
 
 @dataclass(frozen=True)
@@ -34,28 +42,56 @@ class NexusRequest(Request):
 
 
 def _discard_pending(_exc: BaseException | None) -> None:
-    from flask import request
-
     for pending in request.environ.get("nexus.pending", ()):
         pending.discard()
 
 
+def _answer_preflight():
+    """Answer a CORS preflight with 204 and no body (flask-cors adds the Access-Control headers)."""
+    if request.method == "OPTIONS" and request.url_rule is not None:
+        response = current_app.response_class(status=204)
+        del response.headers["Content-Type"]
+        return response
+    return None
+
+
+def _init_cors(app: Flask, origins: tuple[str, ...]) -> None:
+    from flask_cors import CORS
+
+    CORS(
+        app,
+        origins=list(origins) if origins != ("*",) else "*",
+        methods=CORS_METHODS,
+        allow_headers=CORS_HEADERS,
+        expose_headers=["X-Request-ID", "Inference-Header-Content-Length"],
+        supports_credentials=False,
+        max_age=600,
+    )
+    app.before_request(_answer_preflight)
+
+
 def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> Flask:
     """Build the app from the environment, with ``settings`` (a Settings or overrides) on top."""
+    from nexus import errors, http, observability
+    from nexus.api import register_blueprints
+    from nexus.observability import logs, metrics
+    from nexus.registry import Registry
+    from nexus.store import ModelStore
+
     if not isinstance(settings, config.Settings):
         settings = config.with_overrides(config.from_env(), settings or {})
+    logs.configure(settings.log_level)
     app = Flask(__name__)
     app.request_class = NexusRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     store = ModelStore(settings.model_dir)
     store.ensure()
-    app.extensions["nexus"] = Nexus(settings, store, Registry(store, settings.ort_threads))
+    app.extensions["nexus"] = Nexus(settings, store, Registry(store, settings.ort_threads, observer=metrics))
+    observability.init_app(app)
     errors.init_app(app)
     http.init_app(app)
+    _init_cors(app, settings.cors_origins)
     app.teardown_request(_discard_pending)
-
-    from nexus.api import register_blueprints
-
     register_blueprints(app)
     return app
 

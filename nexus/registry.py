@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from types import ModuleType
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -70,7 +71,8 @@ class Model:
 class Registry:
     """The models this worker serves; the dict is swapped whole under ``_lock``, never edited."""
 
-    def __init__(self, store: ModelStore, ort_threads: int, on_change: Callable[[int], None] | None = None) -> None:
+    def __init__(self, store: ModelStore, ort_threads: int, observer: ModuleType | object | None = None) -> None:
+        """``observer``, if given, has ``models_changed(count)`` and ``model_loaded(seconds)``."""
         self.store = store
         self.ort_threads = ort_threads
         self._models: dict[str, Model] = {}
@@ -80,7 +82,7 @@ class Registry:
         self._trust_after_ns = 0
         self._pid: int | None = None
         self._failed: dict[str, tuple[int, ...] | None] = {}
-        self._on_change = on_change
+        self._observer = observer
         self.synced_once = False
 
     # -- reading ---------------------------------------------------------------------------
@@ -181,7 +183,10 @@ class Registry:
             reason = getattr(exc, "message", None) or str(exc)
             log.error("model skipped", extra={"model_id": model_id, "reason": reason})
             return None
-        log.info("model loaded", extra={"model_id": model_id, "load_ms": round((time.perf_counter() - started) * 1000, 2)})
+        seconds = time.perf_counter() - started
+        if self._observer is not None:
+            self._observer.model_loaded(seconds)
+        log.info("model loaded", extra={"model_id": model_id, "load_ms": round(seconds * 1000, 2)})
         return model
 
     def _model(self, model_id: str, sidecar: dict[str, Any], data: bytes, digest: str, runtime: Runtime, signature: tuple[int, ...] | None) -> Model:
@@ -198,8 +203,8 @@ class Registry:
         )
 
     def _changed(self, before: dict[str, Model], after: dict[str, Model]) -> None:
-        if self._on_change is not None and before.keys() != after.keys():
-            self._on_change(len(after))
+        if self._observer is not None and before.keys() != after.keys():
+            self._observer.models_changed(len(after))
 
     def _swap(self, update: Callable[[dict[str, Model]], None]) -> None:
         with self._lock:

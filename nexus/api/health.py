@@ -1,9 +1,14 @@
-"""Health checks for load balancers and Kubernetes."""
+"""Health checks for load balancers and Kubernetes: cheap, no inference, no directory scan."""
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint
 
+from nexus import __version__
+from nexus.api import nexus
+from nexus.errors import NotReady
 from nexus.http import json_response, utc_now
 
 bp = Blueprint("health", __name__)
@@ -11,4 +16,22 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/health")
 def health():
+    """Answer the seed API's health check (kept for compatibility)."""
     return json_response({"status": "ok", "timestamp": utc_now()})
+
+
+@bp.get("/health/live")
+def live():
+    """Say the process serves HTTP; never depends on models or disk."""
+    return json_response({"status": "ok", "timestamp": utc_now()})
+
+
+@bp.get("/health/ready")
+def ready():
+    """Say whether this worker has loaded the model directory and can still read it."""
+    current = nexus()
+    if not current.registry.synced_once:
+        raise NotReady("this worker has not loaded the model directory yet")
+    if not os.access(current.store.directory, os.R_OK | os.X_OK):
+        raise NotReady(f"model directory '{current.store.directory}' is not readable")
+    return json_response({"status": "ready", "models": current.registry.count(), "version": __version__, "timestamp": utc_now()})

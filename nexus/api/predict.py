@@ -10,6 +10,7 @@ from flask import Blueprint
 
 from nexus.api import nexus, require_predict_token
 from nexus.errors import BadInput
+from nexus.observability import metrics
 from nexus.http import current_request_id, json_response, read_json_object, set_request_id, utc_now, valid_request_id
 from nexus.registry import Model
 from nexus.tensors import decode_features, encode_output, flatten_output
@@ -24,14 +25,16 @@ def predict():
     model = nexus().registry.get(_model_id(body))
     request_id = _request_id(body)
     started = time.perf_counter()
-    results = model.runtime.run(feeds(model, body))
+    with metrics.prediction(model.id) as timer:
+        results = timer.run(model.runtime, feeds(model, body))
     outputs = {spec.name: encode_output(value) for spec, value in zip(model.outputs, results, strict=True)}
+    timer.latency_ms = round((time.perf_counter() - started) * 1000, 3)
     return json_response({
         "model_id": model.id,
         "request_id": request_id,
         "prediction": flatten_output(results[0]),
         "outputs": outputs,
-        "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        "latency_ms": timer.latency_ms,
         "timestamp": utc_now(),
     })
 

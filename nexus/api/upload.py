@@ -7,6 +7,7 @@ from flask import Blueprint, request
 from nexus.api import nexus, require_token, text_field
 from nexus.errors import BadInput, UnsupportedMediaType
 from nexus.http import json_response
+from nexus.observability import metrics
 from nexus.store import PendingFile, check_id
 
 bp = Blueprint("upload", __name__)
@@ -30,6 +31,7 @@ def upload():
     name = text_field(request.form, "name", 200)
     version = text_field(request.form, "version", 64)
     model = nexus().registry.upload(model_id, name, version, pending)
+    metrics.upload_accepted(model.size_bytes)
     body = {"model": model.summary(), "info": {"inputs": [t.info() for t in model.inputs], "outputs": [t.info() for t in model.outputs]}}
     return json_response(body, 201, headers={"Location": f"/models/{model_id}"})
 

@@ -1,0 +1,28 @@
+# Model Nexus: gunicorn + Flask + onnxruntime, CPU only.
+# Build: docker build -t model-nexus .      Run: docker run -p 8080:8080 -v nexus-models:/models model-nexus
+
+# --- build stage: make wheels for the project and its dependencies --------------------------
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY setup.cfg setup.py README.md ./
+COPY nexus ./nexus
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# --- final stage: no compiler, no pip cache, not root -----------------------------------------
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PORT=8080 \
+    NEXUS_MODEL_DIR=/models
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin nexus
+WORKDIR /app
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+COPY wsgi.py gunicorn.conf.py ./
+COPY --chown=nexus:nexus models /models
+USER nexus
+EXPOSE 8080
+VOLUME ["/models"]
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('PORT', '8080'), timeout=2)"
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

@@ -1,0 +1,98 @@
+"""Prometheus metrics with the seed server's names and labels, correct across gunicorn workers.
+
+Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` is set (by gunicorn.conf.py) before this module is
+imported, so every worker writes its values to files that ``/metrics`` sums up. The metric
+objects are made once per process, at import, so building several apps never registers a
+series twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from flask import Flask, request
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_flask_exporter import PrometheusMetrics
+
+METRICS_PATH = "/metrics"
+UNMATCHED = "<unmatched>"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_INFERENCE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+
+HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests by method, route template and status.", ["method", "endpoint", "status"])
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds", "HTTP request latency by method and route template.", ["method", "endpoint"], buckets=_LATENCY_BUCKETS
+)
+PREDICTIONS = Counter("model_predictions_total", "Predictions by model and outcome (success or error).", ["model_id", "status"])
+INFERENCE = Histogram(
+    "model_inference_duration_seconds", "Time inside onnxruntime's run for one request.", ["model_id"], buckets=_INFERENCE_BUCKETS
+)
+MODELS_LOADED = Gauge("models_loaded", "Models this server serves.", multiprocess_mode="livemostrecent")
+MODEL_LOAD = Histogram("model_load_duration_seconds", "Time to read, check and open a model in one worker.", buckets=_LATENCY_BUCKETS)
+UPLOAD_BYTES = Counter("model_upload_bytes_total", "Bytes of models accepted by uploads.")
+
+
+def endpoint_label() -> str:
+    """Return the route template of the current request (never its raw path)."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else UNMATCHED
+
+
+def observe_request(method: str, endpoint: str, status: int, seconds: float) -> None:
+    if method not in _METHODS:
+        method = "other"
+    HTTP_REQUESTS.labels(method, endpoint, str(status)).inc()
+    HTTP_DURATION.labels(method, endpoint).observe(seconds)
+
+
+class PredictionTimer:
+    """Times one prediction's onnxruntime run and remembers its outcome for metrics and the log."""
+
+    __slots__ = ("model_id", "inference_seconds", "latency_ms")
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        self.inference_seconds: float | None = None
+        self.latency_ms: float | None = None
+
+    def run(self, runtime, feeds, output_names=None):
+        started = time.perf_counter()
+        results = runtime.run(feeds, output_names)
+        self.inference_seconds = time.perf_counter() - started
+        INFERENCE.labels(self.model_id).observe(self.inference_seconds)
+        return results
+
+
+@contextmanager
+def prediction(model_id: str) -> Iterator[PredictionTimer]:
+    """Count one prediction on a registered model as ``success`` or ``error`` and note it for the log."""
+    timer = PredictionTimer(model_id)
+    request.environ["nexus.prediction"] = timer
+    try:
+        yield timer
+    except Exception:
+        PREDICTIONS.labels(model_id, "error").inc()
+        raise
+    PREDICTIONS.labels(model_id, "success").inc()
+
+
+# The registry reports to this module through these two functions (it knows nothing of Prometheus).
+def models_changed(count: int) -> None:
+    MODELS_LOADED.set(count)
+
+
+def model_loaded(seconds: float) -> None:
+    MODEL_LOAD.observe(seconds)
+
+
+def upload_accepted(size: int) -> None:
+    UPLOAD_BYTES.inc(size)
+
+
+def init_app(app: Flask) -> None:
+    """Serve ``/metrics`` with prometheus-flask-exporter (multiprocess-aware); our hooks do the counting."""
+    exporter = PrometheusMetrics.for_app_factory(path=METRICS_PATH, export_defaults=False)
+    exporter.init_app(app)

@@ -1,0 +1,63 @@
+"""Shared fixtures: an app on a temporary model directory, its client, and upload helpers."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from nexus import create_app
+from tests import models
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "models"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def make_app(model_dir: Path):
+    """Build an app on ``model_dir`` with the given settings on top of the defaults."""
+
+    def build(**settings):
+        return create_app({"model_dir": model_dir, "ort_threads": 1, **settings})
+
+    return build
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def upload(client, model_bytes: bytes, model_id: str = "m", name: str = "Model", version: str = "v1", headers=None):
+    """POST a model to /models/upload through the test client."""
+    data = {"file": (io.BytesIO(model_bytes), f"{model_id}.onnx"), "id": model_id, "name": name, "version": version}
+    return client.post("/models/upload", data=data, content_type="multipart/form-data", headers=headers or {})
+
+
+@pytest.fixture
+def upload_model(client):
+    """Upload a model and assert it was accepted; returns the response JSON."""
+
+    def do(model_bytes: bytes = None, model_id: str = "m", **kwargs):
+        response = upload(client, model_bytes if model_bytes is not None else models.identity(), model_id, **kwargs)
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()
+
+    return do
+
+
+def files_in(directory: Path) -> list[str]:
+    """Every file in the directory, hidden ones included, sorted."""
+    return sorted(p.name for p in directory.iterdir())

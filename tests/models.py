@@ -1,0 +1,99 @@
+"""Small ONNX models built in memory for the tests (no files shipped, nothing downloaded)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = [helper.make_opsetid("", 17)]
+
+
+def _model(nodes, inputs, outputs, initializers=()) -> bytes:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=OPSET, ir_version=8)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def identity(elem_type: int = TensorProto.FLOAT, shape=(None, 4), name: str = "X") -> bytes:
+    """Y = X for any element type and shape (None or a string is a dynamic dimension)."""
+    return _model(
+        [helper.make_node("Identity", [name], ["Y"])],
+        [helper.make_tensor_value_info(name, elem_type, list(shape))],
+        [helper.make_tensor_value_info("Y", elem_type, list(shape))],
+    )
+
+
+def add_mul() -> bytes:
+    """Two float inputs A and B of shape [N, 3]; outputs SUM = A + B and PROD = A * B."""
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 3]) for n in ("A", "B", "SUM", "PROD")]
+    return _model(
+        [helper.make_node("Add", ["A", "B"], ["SUM"]), helper.make_node("Mul", ["A", "B"], ["PROD"])],
+        info[:2],
+        info[2:],
+    )
+
+
+def linear(in_features: int = 4, out_features: int = 3, seed: int = 0) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """Y = X @ W + b on float32 [N, in]; returns the model and its weights to check answers."""
+    rng = np.random.default_rng(seed)
+    weights = rng.standard_normal((in_features, out_features)).astype(np.float32)
+    bias = rng.standard_normal(out_features).astype(np.float32)
+    model = _model(
+        [helper.make_node("MatMul", ["X", "W"], ["XW"]), helper.make_node("Add", ["XW", "b"], ["Y"])],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, in_features])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, out_features])],
+        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    return model, weights, bias
+
+
+def divide() -> bytes:
+    """Y = X / D with D = 0: every output is NaN or +-Infinity."""
+    return _model(
+        [helper.make_node("Div", ["X", "D"], ["Y"])],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 3])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 3])],
+        [numpy_helper.from_array(np.zeros(3, dtype=np.float32), "D")],
+    )
+
+
+def reshape_to(shape: list[int]) -> bytes:
+    """Reshapes X (float [N, 4]) to a fixed shape: fails at run time for most batch sizes."""
+    return _model(
+        [helper.make_node("Reshape", ["X", "S"], ["Y"])],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(shape, dtype=np.int64), "S")],
+    )
+
+
+def external_data() -> bytes:
+    """A model whose initializer W points at a file next to it (ONNX external data)."""
+    weights = numpy_helper.from_array(np.zeros(4, dtype=np.float32), "W")
+    weights.ClearField("raw_data")
+    weights.data_location = TensorProto.EXTERNAL
+    entry = weights.external_data.add()
+    entry.key, entry.value = "location", "iris.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["X", "W"], ["Y"])],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [4])],
+        [weights],
+    )
+    return helper.make_model(graph, opset_imports=OPSET, ir_version=8).SerializeToString()
+
+
+def iris_classifier() -> bytes:
+    """A scikit-learn logistic regression on iris, converted with skl2onnx (label + ZipMap)."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    features, labels = load_iris(return_X_y=True)
+    classifier = LogisticRegression(max_iter=500).fit(features.astype(np.float32), labels)
+    model = to_onnx(classifier, initial_types=[("input", FloatTensorType([None, 4]))], target_opset={"": 15, "ai.onnx.ml": 3})
+    return model.SerializeToString()
