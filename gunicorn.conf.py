@@ -11,7 +11,8 @@ import tempfile
 # -- Prometheus multiprocess mode -------------------------------------------------------------
 # Must be in the environment before any worker imports prometheus_client. An operator's own
 # directory is honoured; otherwise each server start gets a fresh private one.
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nexus-metrics-")
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
@@ -45,6 +46,7 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)s %({x-request-id}o)s'
 # -- hooks --------------------------------------------------------------------------------------
 def on_starting(server):
     """Empty the metrics directory and clear leftovers of interrupted uploads, once, in the master."""
+    os.makedirs(_metrics_dir, exist_ok=True)
     for name in os.listdir(_metrics_dir):
         path = os.path.join(_metrics_dir, name)
         if os.path.isdir(path):
@@ -64,6 +66,12 @@ def post_worker_init(worker):
     from nexus import start_worker
 
     start_worker(worker.wsgi)
+
+
+def on_exit(server):
+    """Remove the metrics directory this file made (an operator's own is left alone)."""
+    if _own_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
 def child_exit(server, worker):

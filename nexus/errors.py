@@ -57,6 +57,26 @@ class ModelNotFound(ApiError):
         self.model_id = model_id
 
 
+class ModelUnloaded(ModelNotFound):
+    """404: raise when a model's files are kept but it was unloaded through the repository API."""
+
+    code = "model_unloaded"
+
+    def __init__(self, model_id: str) -> None:
+        ApiError.__init__(self, f"model '{model_id}' is unloaded; POST /v2/repository/models/{model_id}/load serves it again")
+        self.model_id = model_id
+
+
+class VersionNotFound(ModelNotFound):
+    """404: raise when a model exists but not in the asked version."""
+
+    code = "version_not_found"
+
+    def __init__(self, model_id: str, version: str, served: str) -> None:
+        ApiError.__init__(self, f"model '{model_id}' has no version '{version}'; it serves version '{served}'")
+        self.model_id = model_id
+
+
 class ModelExists(ApiError):
     """409: raise when an upload names an id that is already registered."""
 

@@ -70,7 +70,11 @@ def read_json_object() -> dict[str, Any]:
     mimetype = request.mimetype
     if mimetype and not _is_json(mimetype):
         raise UnsupportedMediaType(f"send the body as JSON with 'Content-Type: application/json', not '{mimetype}'")
-    data = request.get_data(cache=False)
+    return parse_json_object(request.get_data(cache=False))
+
+
+def parse_json_object(data: bytes | memoryview) -> dict[str, Any]:
+    """Parse ``data`` as one JSON object, or raise BadInput saying what is wrong."""
     if not data:
         raise BadInput("request body is empty; send a JSON object")
     try:

@@ -18,7 +18,7 @@ from types import ModuleType
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from nexus.errors import ModelExists, ModelNotFound
+from nexus.errors import InvalidModel, ModelExists, ModelNotFound, ModelUnloaded
 from nexus.http import utc_now
 from nexus.runtime import Runtime, TensorSpec
 from nexus.store import ModelStore, PendingFile, check_id, sha256_of
@@ -81,7 +81,8 @@ class Registry:
         self._stamp: tuple[int, int] | None = None
         self._trust_after_ns = 0
         self._pid: int | None = None
-        self._failed: dict[str, tuple[int, ...] | None] = {}
+        self._failed: dict[str, tuple[tuple[int, ...] | None, str]] = {}  # id -> (signature, reason)
+        self._unloaded: frozenset[str] = frozenset()
         self._observer = observer
         self.synced_once = False
 
@@ -100,6 +101,8 @@ class Registry:
                 with self._lock:
                     model = self._models.get(model_id)
             if model is None:
+                if model_id in self._unloaded:
+                    raise ModelUnloaded(model_id)
                 raise ModelNotFound(model_id)
         return model
 
@@ -119,6 +122,23 @@ class Registry:
     def count(self) -> int:
         with self._lock:
             return len(self._models)
+
+    def index(self) -> list[dict[str, str]]:
+        """Return every model in the directory with its state: READY, or UNAVAILABLE with the reason."""
+        self.refresh()
+        with self._lock:
+            models = self._models
+        rows = []
+        for entry in self.store.scan():
+            model = models.get(entry.model_id)
+            if model is not None:
+                rows.append({"name": model.id, "version": model.version, "state": "READY"})
+            elif entry.unloaded:
+                rows.append({"name": entry.model_id, "state": "UNAVAILABLE", "reason": "unloaded"})
+            else:
+                reason = self._failed.get(entry.model_id, (None, "not loaded yet"))[1]
+                rows.append({"name": entry.model_id, "state": "UNAVAILABLE", "reason": reason})
+        return rows
 
     # -- keeping in step with the disk -------------------------------------------------------
 
@@ -152,13 +172,17 @@ class Registry:
             fresh: dict[str, Model] = {}
             for entry in stored:
                 known = current.get(entry.model_id)
+                if entry.unloaded:
+                    continue
                 if known is not None and known.signature == entry.signature:
                     fresh[entry.model_id] = known
-                elif self._failed.get(entry.model_id, ()) != entry.signature:
+                elif self._failed.get(entry.model_id, ((),))[0] != entry.signature:
                     model = self._load(entry.model_id, entry.signature)
                     if model is not None:
                         fresh[entry.model_id] = model
-            self._failed = {k: v for k, v in self._failed.items() if k not in fresh}
+            on_disk = {entry.model_id for entry in stored}
+            self._failed = {k: v for k, v in self._failed.items() if k not in fresh and k in on_disk}
+            self._unloaded = frozenset(entry.model_id for entry in stored if entry.unloaded)
             with self._lock:
                 self._models = fresh
             self._stamp = stamp
@@ -179,8 +203,8 @@ class Registry:
                 raise ValueError("the .onnx file does not match the sha256 in its sidecar")
             model = self._model(model_id, sidecar, data, digest, Runtime(data, self.ort_threads), signature)
         except Exception as exc:  # a bad file must never stop the others from loading
-            self._failed[model_id] = signature
             reason = getattr(exc, "message", None) or str(exc)
+            self._failed[model_id] = (signature, reason)
             log.error("model skipped", extra={"model_id": model_id, "reason": reason})
             return None
         seconds = time.perf_counter() - started
@@ -231,6 +255,17 @@ class Registry:
         self._swap(lambda models: models.__setitem__(model_id, model))
         log.info("model uploaded", extra={"model_id": model_id, "size_bytes": model.size_bytes})
         return model
+
+    def set_loaded(self, model_id: str, loaded: bool) -> None:
+        """Serve a model again, or stop serving it in every worker while keeping its files."""
+        with self.store.claim(model_id):
+            if not self.store.exists(model_id):
+                raise ModelNotFound(model_id)
+            self.store.set_unloaded(model_id, not loaded)
+        self.sync()
+        if loaded and self.find(model_id) is None:
+            reason = self._failed.get(model_id, (None, "unknown reason"))[1]
+            raise InvalidModel(f"model '{model_id}' cannot be loaded: {reason}")
 
     def delete(self, model_id: str) -> None:
         """Remove ``model_id`` from the directory and from this worker, or raise ModelNotFound."""

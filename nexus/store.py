@@ -33,6 +33,7 @@ log = logging.getLogger("nexus.store")
 
 MODEL_SUFFIX = ".onnx"
 SIDECAR_SUFFIX = ".model_info.json"
+UNLOADED_SUFFIX = ".unloaded"
 _CLAIM_SUFFIX = ".claim"
 _TMP_SUFFIX = ".tmp"
 _VALID_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}").fullmatch
@@ -127,6 +128,7 @@ class StoredModel:
 
     model_id: str
     signature: tuple[int, ...] | None
+    unloaded: bool = False
 
 
 class ModelStore:
@@ -140,6 +142,9 @@ class ModelStore:
 
     def sidecar_path(self, model_id: str) -> Path:
         return self.directory / f"{check_id(model_id)}{SIDECAR_SUFFIX}"
+
+    def unloaded_path(self, model_id: str) -> Path:
+        return self.directory / f"{check_id(model_id)}{UNLOADED_SUFFIX}"
 
     def display_path(self, model_id: str) -> str:
         """Return the model's path relative to the directory's parent, like ``models/iris.onnx``."""
@@ -199,6 +204,16 @@ class ModelStore:
         """Remove a model, sidecar first so it stops being visible at once. Hold the claim."""
         self.sidecar_path(model_id).unlink(missing_ok=True)
         self.model_path(model_id).unlink(missing_ok=True)
+        self.unloaded_path(model_id).unlink(missing_ok=True)
+        _fsync_dir(self.directory)
+
+    def set_unloaded(self, model_id: str, unloaded: bool) -> None:
+        """Mark a model as unloaded (kept on disk, served by no worker) or clear the mark. Hold the claim."""
+        path = self.unloaded_path(model_id)
+        if unloaded:
+            path.touch()
+        else:
+            path.unlink(missing_ok=True)
         _fsync_dir(self.directory)
 
     # -- reading -------------------------------------------------------------------------
@@ -207,13 +222,13 @@ class ModelStore:
         """List the visible models with a signature that changes whenever either file is replaced."""
         found = []
         with os.scandir(self.directory) as entries:
-            names = [e.name for e in entries if e.name.endswith(SIDECAR_SUFFIX) and not e.name.startswith(".")]
-        for name in sorted(names):
+            names = {e.name for e in entries if not e.name.startswith(".")}
+        for name in sorted(n for n in names if n.endswith(SIDECAR_SUFFIX)):
             model_id = name[: -len(SIDECAR_SUFFIX)]
             if _VALID_ID(model_id) is None:
                 log.warning("skipping sidecar with an invalid id", extra={"file": name})
                 continue
-            found.append(StoredModel(model_id, self.signature(model_id)))
+            found.append(StoredModel(model_id, self.signature(model_id), f"{model_id}{UNLOADED_SUFFIX}" in names))
         return found
 
     def signature(self, model_id: str) -> tuple[int, ...] | None:
@@ -252,13 +267,14 @@ class ModelStore:
             if name.startswith(".") and name.endswith((_TMP_SUFFIX, _CLAIM_SUFFIX)):
                 if self._remove_if_unheld(self.directory / name):
                     removed.append(name)
-            elif name.endswith(MODEL_SUFFIX) and _VALID_ID(model_id := name[: -len(MODEL_SUFFIX)]):
-                if f"{model_id}{SIDECAR_SUFFIX}" in present:
+            elif name.endswith((MODEL_SUFFIX, UNLOADED_SUFFIX)):
+                model_id = name[: -len(MODEL_SUFFIX if name.endswith(MODEL_SUFFIX) else UNLOADED_SUFFIX)]
+                if _VALID_ID(model_id) is None or f"{model_id}{SIDECAR_SUFFIX}" in present:
                     continue
                 try:
                     with self.claim(model_id):
                         if not self.exists(model_id):
-                            self.model_path(model_id).unlink(missing_ok=True)
+                            (self.directory / name).unlink(missing_ok=True)
                             removed.append(name)
                 except ModelBusy:
                     continue

@@ -7,6 +7,7 @@ and every message names the input it is about.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,7 @@ def to_array(name: str, values: Any, dtype: DType) -> np.ndarray:
     if target.kind == "O":
         return raw.astype(object)
     if target.kind in "iu":
-        return _to_integers(name, raw, dtype)
+        return _to_integers(name, raw, dtype, values)
     if target.kind == "f" and kind == "f" and target.itemsize < 8:
         with np.errstate(over="ignore"):
             cast = raw.astype(target)
@@ -97,13 +98,19 @@ def _describe(raw: np.ndarray) -> str:
     return {"U": "strings", "b": "true/false", "f": "numbers", "i": "integers", "u": "integers"}[raw.dtype.kind]
 
 
-def _to_integers(name: str, raw: np.ndarray, dtype: DType) -> np.ndarray:
+def _to_integers(name: str, raw: np.ndarray, dtype: DType, values: Any) -> np.ndarray:
     target = dtype.numpy
     assert target is not None
+    info = np.iinfo(target)
     if raw.dtype.kind == "f":
+        exact = np.asarray(values, dtype=object)
+        if all(type(v) is int for v in exact.flat):
+            # Integers beyond int64 made numpy infer floats; cast the exact Python ints instead.
+            if min(exact.flat) < info.min or max(exact.flat) > info.max:
+                raise BadInput(f"input '{name}': a value is out of range for {dtype.ort} [{info.min}, {info.max}]")
+            return exact.astype(target)
         if not np.isfinite(raw).all() or (raw != np.floor(raw)).any():
             raise BadInput(f"input '{name}' needs whole numbers ({dtype.ort}), got a fraction")
-    info = np.iinfo(target)
     if raw.min() < info.min or raw.max() > info.max:
         raise BadInput(f"input '{name}': a value is out of range for {dtype.ort} [{info.min}, {info.max}]")
     return raw.astype(target)
@@ -170,3 +177,131 @@ def flatten_output(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return encode_output(value.reshape(-1))
     return value
+
+
+# -- Open Inference Protocol (V2) -------------------------------------------------------------
+
+_MAP_VALUE = re.compile(r"^seq\(map\((\w+),\s*tensor\((\w+)\)\)\)$")
+
+
+def v2_datatype(ort_type: str) -> str | None:
+    """Return the V2 datatype an output of ``ort_type`` is sent as (maps as their value type)."""
+    dtype = BY_ORT.get(ort_type)
+    if dtype is not None:
+        return dtype.v2
+    match = _MAP_VALUE.match(ort_type)
+    if match:
+        value = BY_ORT.get(f"tensor({match.group(2)})")
+        return value.v2 if value else None
+    return None
+
+
+def element_count(name: str, shape: Any) -> int:
+    """Validate a V2 ``shape`` (a list of non-negative ints) and return its element count."""
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise BadInput(f"input '{name}': shape must be a list of non-negative integers")
+    return math.prod(shape)
+
+
+def decode_v2(name: str, datatype: str, shape: list[int], data: Any, declared: tuple[int, ...]) -> np.ndarray:
+    """Decode a V2 JSON input: ``data`` flat or nested, row-major, exactly ``shape``'s element count."""
+    dtype = _v2_dtype(name, datatype)
+    count = element_count(name, shape)
+    if not isinstance(data, list):
+        raise BadInput(f"input '{name}': data must be a list")
+    array = to_array(name, data, dtype)
+    if array.size != count:
+        raise BadInput(f"input '{name}': shape {shape_text(shape)} needs {count} values, got {array.size}")
+    array = array.reshape(shape)
+    check_shape(name, array.shape, declared)
+    return array
+
+
+def decode_v2_binary(name: str, datatype: str, shape: list[int], raw: memoryview, declared: tuple[int, ...]) -> np.ndarray:
+    """Decode a V2 binary input: little-endian values, or 4-byte length-prefixed UTF-8 for BYTES."""
+    dtype = _v2_dtype(name, datatype)
+    count = element_count(name, shape)
+    if dtype.v2 == "BYTES":
+        array = np.array(_split_bytes(name, raw, count), dtype=object)
+    else:
+        wire = dtype.numpy.newbyteorder("<")
+        if len(raw) != count * wire.itemsize:
+            raise BadInput(f"input '{name}': shape {shape_text(shape)} of {datatype} needs {count * wire.itemsize} bytes, got {len(raw)}")
+        array = np.frombuffer(raw, dtype=wire).astype(dtype.numpy, copy=False)
+    array = array.reshape(shape)
+    check_shape(name, array.shape, declared)
+    return array
+
+
+def _v2_dtype(name: str, datatype: Any) -> DType:
+    dtype = BY_V2.get(datatype) if isinstance(datatype, str) else None
+    if dtype is None or dtype.numpy is None:
+        raise BadInput(f"input '{name}': unsupported datatype {datatype!r}; use one of {', '.join(d.v2 for d in DTYPES if d.numpy is not None)}")
+    return dtype
+
+
+def _split_bytes(name: str, raw: memoryview, count: int) -> list[str]:
+    items, pos = [], 0
+    for _ in range(count):
+        if pos + 4 > len(raw):
+            raise BadInput(f"input '{name}': binary BYTES data ends early")
+        size = int.from_bytes(raw[pos : pos + 4], "little")
+        pos += 4
+        if pos + size > len(raw):
+            raise BadInput(f"input '{name}': binary BYTES data ends early")
+        try:
+            items.append(bytes(raw[pos : pos + size]).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BadInput(f"input '{name}': BYTES elements must be UTF-8 text") from None
+        pos += size
+    if pos != len(raw):
+        raise BadInput(f"input '{name}': {len(raw) - pos} bytes left over after {count} BYTES elements")
+    return items
+
+
+def encode_v2(name: str, ort_type: str, value: Any, binary: bool) -> tuple[dict[str, Any], bytes | None]:
+    """Encode one output as a V2 tensor: JSON ``data``, or ``binary_data_size`` plus its raw bytes.
+
+    A sequence of maps (a ZipMap) becomes a [N, number of keys] tensor of its value type, with
+    the keys, in order, in ``parameters.keys``.
+    """
+    parameters: dict[str, Any] = {}
+    if isinstance(value, list):
+        keys = list(value[0]) if value else []
+        datatype = v2_datatype(ort_type) or "FP32"
+        array = np.array([[row[k] for k in keys] for row in value], dtype=BY_V2[datatype].numpy).reshape(len(value), len(keys))
+        parameters["keys"] = keys
+    else:
+        array = np.asarray(value)
+        datatype = v2_datatype(ort_type) or _datatype_of(array)
+    tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+    if binary:
+        payload = _to_bytes(array, datatype)
+        parameters["binary_data_size"] = len(payload)
+    else:
+        payload = None
+        tensor["data"] = encode_output(array.reshape(-1))
+    if parameters:
+        tensor["parameters"] = parameters
+    return tensor, payload
+
+
+def _datatype_of(array: np.ndarray) -> str:
+    if array.dtype.kind in "OUS":
+        return "BYTES"
+    for dtype in DTYPES:
+        if dtype.numpy == array.dtype:
+            return dtype.v2
+    raise BadInput(f"output type {array.dtype} cannot be sent over the V2 protocol")
+
+
+def _to_bytes(array: np.ndarray, datatype: str) -> bytes:
+    if datatype == "BYTES":
+        parts = []
+        for item in array.reshape(-1).tolist():
+            data = item if isinstance(item, bytes) else str(item).encode("utf-8")
+            parts.append(len(data).to_bytes(4, "little"))
+            parts.append(data)
+        return b"".join(parts)
+    wire = BY_V2[datatype].numpy.newbyteorder("<")
+    return np.ascontiguousarray(array, dtype=wire).tobytes()

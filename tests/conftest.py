@@ -61,3 +61,9 @@ def upload_model(client):
 def files_in(directory: Path) -> list[str]:
     """Every file in the directory, hidden ones included, sorted."""
     return sorted(p.name for p in directory.iterdir())
+
+
+@pytest.fixture(scope="session")
+def iris_bytes() -> bytes:
+    """The skl2onnx iris classifier (label + ZipMap probabilities), built once per session."""
+    return models.iris_classifier()

@@ -43,7 +43,7 @@ def text_field(source, name: str, max_length: int) -> str:
 
 
 def register_blueprints(app: Flask) -> None:
-    from nexus.api import health, models, predict, upload
+    from nexus.api import docs, health, models, predict, upload, v2
 
-    for module in (health, models, predict, upload):
+    for module in (docs, health, models, predict, upload, v2):
         app.register_blueprint(module.bp)

@@ -29,9 +29,14 @@ def live():
 @bp.get("/health/ready")
 def ready():
     """Say whether this worker has loaded the model directory and can still read it."""
+    check_ready()
+    return json_response({"status": "ready", "models": nexus().registry.count(), "version": __version__, "timestamp": utc_now()})
+
+
+def check_ready() -> None:
+    """Raise NotReady unless this worker has loaded the model directory and can still read it."""
     current = nexus()
     if not current.registry.synced_once:
         raise NotReady("this worker has not loaded the model directory yet")
     if not os.access(current.store.directory, os.R_OK | os.X_OK):
         raise NotReady(f"model directory '{current.store.directory}' is not readable")
-    return json_response({"status": "ready", "models": current.registry.count(), "version": __version__, "timestamp": utc_now()})
