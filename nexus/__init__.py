@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Request, current_app, request
+from flask import Flask, Request, current_app
 
 from nexus import config
 
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
     from nexus.store import ModelStore
 
 __version__ = "0.1.0"
-CORS_METHODS = ["GET", "POST", "DELETE", "OPTIONS"]
-CORS_HEADERS = ["Content-Type", "Authorization", "X-Request-ID", "Inference-Header-Content-Length"]
 
 
 @dataclass(frozen=True)
@@ -41,39 +39,11 @@ class NexusRequest(Request):
         return pending.file
 
 
-def _discard_pending(_exc: BaseException | None) -> None:
-    for pending in request.environ.get("nexus.pending", ()):
-        pending.discard()
-
-
-def _answer_preflight():
-    """Answer a CORS preflight with 204 and no body (flask-cors adds the Access-Control headers)."""
-    if request.method == "OPTIONS" and request.url_rule is not None:
-        response = current_app.response_class(status=204)
-        del response.headers["Content-Type"]
-        return response
-    return None
-
-
-def _init_cors(app: Flask, origins: tuple[str, ...]) -> None:
-    from flask_cors import CORS
-
-    CORS(
-        app,
-        origins=list(origins) if origins != ("*",) else "*",
-        methods=CORS_METHODS,
-        allow_headers=CORS_HEADERS,
-        expose_headers=["X-Request-ID", "Inference-Header-Content-Length"],
-        supports_credentials=False,
-        max_age=600,
-    )
-    app.before_request(_answer_preflight)
-
-
 def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> Flask:
     """Build the app from the environment, with ``settings`` (a Settings or overrides) on top."""
-    from nexus import errors, http, observability
+    from nexus import errors
     from nexus.api import register_blueprints
+    from nexus.middleware import Edge
     from nexus.observability import logs, metrics
     from nexus.registry import Registry
     from nexus.store import ModelStore
@@ -87,12 +57,10 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
     store = ModelStore(settings.model_dir)
     store.ensure()
     app.extensions["nexus"] = Nexus(settings, store, Registry(store, settings.ort_threads, observer=metrics))
-    observability.init_app(app)
     errors.init_app(app)
-    http.init_app(app)
-    _init_cors(app, settings.cors_origins)
-    app.teardown_request(_discard_pending)
+    metrics.init_app(app)
     register_blueprints(app)
+    app.wsgi_app = Edge(app, settings.cors_origins)
     return app
 
 

@@ -9,12 +9,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from flask import Flask, Response, request
+from flask import Response, request
 
 from nexus.errors import BadInput, UnsupportedMediaType
 
-REQUEST_ID_HEADER = "X-Request-ID"
-_REQUEST_ID_KEY = "nexus.request_id"
+REQUEST_ID_ENVIRON = "nexus.request_id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
 # NaN and +-Infinity become null (orjson's rule); numpy arrays and int map keys are written natively.
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -30,17 +29,17 @@ def current_request_id() -> str | None:
     if not request:
         return None
     environ = request.environ
-    rid = environ.get(_REQUEST_ID_KEY)
-    if rid is None:
+    rid = environ.get(REQUEST_ID_ENVIRON)
+    if rid is None:  # the app runs without its middleware (nexus.middleware.Edge sets the id)
         incoming = environ.get("HTTP_X_REQUEST_ID")
         rid = incoming if valid_request_id(incoming) else str(uuid.uuid4())
-        environ[_REQUEST_ID_KEY] = rid
+        environ[REQUEST_ID_ENVIRON] = rid
     return rid
 
 
 def set_request_id(value: str) -> None:
     """Make ``value`` the id of the current request (a client may name it in the body)."""
-    request.environ[_REQUEST_ID_KEY] = value
+    request.environ[REQUEST_ID_ENVIRON] = value
 
 
 def utc_now() -> str:
@@ -85,12 +84,3 @@ def parse_json_object(data: bytes | memoryview) -> dict[str, Any]:
         raise BadInput(f"request body must be a JSON object, not {type(body).__name__}")
     return body
 
-
-def _stamp_request_id(response: Response) -> Response:
-    response.headers[REQUEST_ID_HEADER] = current_request_id()
-    return response
-
-
-def init_app(app: Flask) -> None:
-    """Give every response, errors included, an ``X-Request-ID`` header."""
-    app.after_request(_stamp_request_id)

@@ -16,11 +16,11 @@ from nexus.registry import Model
 from nexus.tensors import decode_features, encode_output, flatten_output
 
 bp = Blueprint("predict", __name__)
-bp.before_request(require_predict_token)
 
 
 @bp.post("/predict")
 def predict():
+    require_predict_token()
     body = read_json_object()
     model = nexus().registry.get(_model_id(body))
     request_id = _request_id(body)

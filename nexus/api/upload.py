@@ -13,6 +13,13 @@ from nexus.store import PendingFile, check_id
 bp = Blueprint("upload", __name__)
 
 
+@bp.teardown_request
+def _discard_pending(_exc: BaseException | None) -> None:
+    """Remove the temporary files of this request's upload unless one was published."""
+    for pending in request.environ.get("nexus.pending", ()):
+        pending.discard()
+
+
 @bp.before_request
 def _guard() -> None:
     require_token()
@@ -22,6 +29,7 @@ def _guard() -> None:
             f"{f', not {request.mimetype!r}' if request.mimetype else ''}"
         )
     request.max_content_length = nexus().settings.max_upload_bytes
+    request.max_form_parts = 16  # file, id, name, version and a little slack: each file part is an open file
 
 
 @bp.post("/models/upload")

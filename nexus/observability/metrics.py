@@ -35,16 +35,10 @@ MODEL_LOAD = Histogram("model_load_duration_seconds", "Time to read, check and o
 UPLOAD_BYTES = Counter("model_upload_bytes_total", "Bytes of models accepted by uploads.")
 
 
-def endpoint_label() -> str:
-    """Return the route template of the current request (never its raw path)."""
-    rule = request.url_rule
-    return rule.rule if rule is not None else UNMATCHED
-
-
-def observe_request(method: str, endpoint: str, status: int, seconds: float) -> None:
+def observe_request(method: str, endpoint: str, status: str, seconds: float) -> None:
     if method not in _METHODS:
         method = "other"
-    HTTP_REQUESTS.labels(method, endpoint, str(status)).inc()
+    HTTP_REQUESTS.labels(method, endpoint, status).inc()
     HTTP_DURATION.labels(method, endpoint).observe(seconds)
 
 
