@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from nexus.store import ModelStore
 
 __version__ = "0.1.0"
+ROUTE_ENVIRON = "nexus.route"
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,19 @@ class Nexus:
 
 
 class NexusRequest(Request):
-    """A request whose uploaded files stream straight into the model directory, not into /tmp."""
+    """A request that streams uploads into the model directory and tells the middleware its route."""
+
+    _url_rule = None
+
+    @property
+    def url_rule(self):
+        return self._url_rule
+
+    @url_rule.setter
+    def url_rule(self, rule) -> None:
+        # Flask sets this when routing; the middleware labels metrics with the route template.
+        self._url_rule = rule
+        self.environ[ROUTE_ENVIRON] = rule.rule if rule is not None else None
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         pending = current_app.extensions["nexus"].store.new_pending()

@@ -16,6 +16,7 @@ from typing import Any
 
 from werkzeug.exceptions import HTTPException
 
+from nexus import ROUTE_ENVIRON
 from nexus.http import REQUEST_ID_ENVIRON, valid_request_id
 from nexus.observability import metrics
 
@@ -56,9 +57,7 @@ class Edge:
                 self._observe(environ, "204", endpoint, started)
                 return []
         body = self.wsgi_app(environ, start)
-        request = environ.get("werkzeug.request")
-        rule = request.url_rule if request is not None else None
-        endpoint = rule.rule if rule is not None else metrics.UNMATCHED
+        endpoint = environ.get(ROUTE_ENVIRON) or metrics.UNMATCHED
         if endpoint != metrics.METRICS_PATH:
             self._observe(environ, status_holder[0][:3] if status_holder else "500", endpoint, started)
         return body
