@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -42,9 +42,23 @@ def set_request_id(value: str) -> None:
     request.environ[REQUEST_ID_ENVIRON] = value
 
 
+_second_text: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
+def rfc3339(timestamp: float) -> str:
+    """Format a Unix time as RFC 3339 UTC with milliseconds and a ``Z`` (the second's text is cached)."""
+    global _second_text
+    second = int(timestamp)
+    cached_second, text = _second_text
+    if second != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_text = (second, text)
+    return f"{text}.{int((timestamp - second) * 1000):03d}Z"
+
+
 def utc_now() -> str:
     """Return the current time as RFC 3339 UTC with milliseconds and a ``Z``."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return rfc3339(time.time())
 
 
 def dumps(body: Any) -> bytes:

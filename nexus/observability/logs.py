@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import logging.config
 import sys
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,12 +16,7 @@ from flask import has_request_context
 from gunicorn.glogging import Logger as _GunicornLogger
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from nexus.http import current_request_id
-
-
-def rfc3339(created: float) -> str:
-    """Format a log record's ``created`` as RFC 3339 UTC with milliseconds."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+from nexus.http import current_request_id, rfc3339
 
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is a field.
