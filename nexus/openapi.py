@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from nexus import __version__
+from nexus.store import ID_PATTERN
 
 JSON = "application/json"
 
@@ -43,13 +44,16 @@ def _op(summary: str, responses: dict[str, Any], body: dict[str, Any] | None = N
     return op
 
 
-def _path_param(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "description": description, "schema": {"type": "string"}}
+_ID_SCHEMA = {"type": "string", "pattern": f"^{ID_PATTERN}$"}
 
 
-_MODEL_ID = _path_param("model_id", "Model id: 1-64 characters of A-Z a-z 0-9 . _ - not starting with '.'")
-_NAME = _path_param("name", "Model id")
-_VERSION = _path_param("version", "Model version string, as uploaded")
+def _path_param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
+
+
+_MODEL_ID = _path_param("model_id", "Model id: 1-64 characters of A-Z a-z 0-9 . _ - not starting with '.'", _ID_SCHEMA)
+_NAME = _path_param("name", "Model id", _ID_SCHEMA)
+_VERSION = _path_param("version", "Model version string, as uploaded", {"type": "string", "maxLength": 64})
 _COMMON = (404, 405)
 
 _SCHEMAS: dict[str, Any] = {
@@ -92,8 +96,9 @@ _SCHEMAS: dict[str, Any] = {
     "PredictRequest": {
         "type": "object",
         "required": ["model_id"],
+        "oneOf": [{"required": ["features"]}, {"required": ["inputs"]}],
         "properties": {
-            "model_id": {"type": "string", "examples": ["iris"]},
+            "model_id": {**_ID_SCHEMA, "examples": ["iris"]},
             "features": {"type": "array", "description": "Single-input models: a flat list is one sample, a nested list the tensor", "examples": [[5.1, 3.5, 1.4, 0.2]]},
             "inputs": {"type": "object", "additionalProperties": {"type": "array"}, "description": "Input name to nested list"},
             "request_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
@@ -178,6 +183,12 @@ _INFER = _op(
 )
 _V2_METADATA = _op("Model metadata with V2 datatypes", {"200": _json(_ref("V2ModelMetadata"), "Metadata"), **_errors(400, 401, 404, 405)}, tag="v2")
 _V2_READY = _op("Whether the model is ready", {"200": _json({"type": "object"}, "Ready"), **_errors(400, 401, 404, 405)}, tag="v2")
+_MODEL_DETAILS = _op("Describe a model", {"200": _json(_ref("ModelDetails"), "Model"), **_errors(400, 401, 404, 405)})
+_DELETE_MODEL = _op(
+    "Delete a model from every worker",
+    {"200": _json({"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "string"}}}, "Deleted"), **_errors(400, 401, 404, 405, 409)},
+    security=[{"bearer": []}, {}],
+)
 _REPOSITORY_CHANGE = {"200": _json({"type": "object"}, "Done"), **_errors(400, 401, 404, 405, 409)}
 
 
@@ -199,7 +210,7 @@ def _paths() -> dict[str, Any]:
                                 "required": ["file", "id", "name", "version"],
                                 "properties": {
                                     "file": {"type": "string", "format": "binary", "description": "The .onnx file"},
-                                    "id": {"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$"},
+                                    "id": _ID_SCHEMA,
                                     "name": {"type": "string", "maxLength": 200},
                                     "version": {"type": "string", "maxLength": 64},
                                 },
@@ -208,7 +219,10 @@ def _paths() -> dict[str, Any]:
                     },
                 },
                 security=[{"bearer": []}, {}],
-            )
+            ),
+            # /models/<model_id> also matches this path for a model whose id is "upload".
+            "get": _MODEL_DETAILS,
+            "delete": _DELETE_MODEL,
         },
         "/predict": {
             "post": _op(
@@ -233,17 +247,14 @@ def _paths() -> dict[str, Any]:
             "get": _op(
                 "Describe a model (seed API form)",
                 {"200": _json(_ref("ModelDetails"), "Model"), **_errors(400, 401, 404, 405)},
-                parameters=[{"name": "id", "in": "query", "required": True, "schema": {"type": "string"}}],
-            )
+                parameters=[{"name": "id", "in": "query", "required": True, "schema": _ID_SCHEMA}],
+            ),
+            "delete": _DELETE_MODEL,
         },
         "/models/{model_id}": {
             "parameters": [_MODEL_ID],
-            "get": _op("Describe a model", {"200": _json(_ref("ModelDetails"), "Model"), **_errors(400, 401, 404, 405)}),
-            "delete": _op(
-                "Delete a model from every worker",
-                {"200": _json({"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "string"}}}, "Deleted"), **_errors(400, 401, 404, 405, 409)},
-                security=[{"bearer": []}, {}],
-            ),
+            "get": _MODEL_DETAILS,
+            "delete": _DELETE_MODEL,
         },
         "/health": {"get": _op("Health (seed API)", {"200": _json({"type": "object", "required": ["status", "timestamp"]}, "OK"), **_errors(*_COMMON)}, tag="health")},
         "/health/live": {"get": _op("Liveness: the process serves HTTP", {"200": _json({"type": "object"}, "Live"), **_errors(*_COMMON)}, tag="health")},

@@ -36,7 +36,8 @@ SIDECAR_SUFFIX = ".model_info.json"
 UNLOADED_SUFFIX = ".unloaded"
 _CLAIM_SUFFIX = ".claim"
 _TMP_SUFFIX = ".tmp"
-_VALID_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}").fullmatch
+ID_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"
+_VALID_ID = re.compile(ID_PATTERN).fullmatch
 _CHUNK = 1024 * 1024
 
 

@@ -49,8 +49,8 @@ def _model_id(body: dict[str, Any]) -> str:
 
 
 def _request_id(body: dict[str, Any]) -> str:
-    given = body.get("request_id")
-    if given is not None:
+    if "request_id" in body:
+        given = body["request_id"]
         if not valid_request_id(given):
             raise BadInput("field 'request_id' must be 1-128 characters of A-Z a-z 0-9 . _ : -")
         set_request_id(given)

@@ -79,7 +79,9 @@ def infer(name: str, version: str | None = None):
 def repository_index():
     require_predict_token()
     data = request.get_data(cache=False)
-    ready_only = bool(parse_json_object(data).get("ready")) if data.strip() else False
+    ready_only = parse_json_object(data).get("ready", False) if data.strip() else False
+    if not isinstance(ready_only, bool):
+        raise BadInput("field 'ready' must be true or false")
     rows = nexus().registry.index()
     return json_response([r for r in rows if r["state"] == "READY"] if ready_only else rows)
 
