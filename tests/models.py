@@ -97,3 +97,34 @@ def iris_classifier() -> bytes:
     classifier = LogisticRegression(max_iter=500).fit(features.astype(np.float32), labels)
     model = to_onnx(classifier, initial_types=[("input", FloatTensorType([None, 4]))], target_opset={"": 15, "ai.onnx.ml": 3})
     return model.SerializeToString()
+
+
+def slow_loop(size: int = 256) -> bytes:
+    """Runs a [size, size] MatMul N times, N given as input 'N' (int64 [1]): a prediction as slow as asked.
+
+    Output Y (float [size, size]) is the last product; it exists so the loop cannot be optimised away.
+    """
+    rng = np.random.default_rng(0)
+    weights = (rng.standard_normal((size, size)) / size).astype(np.float32)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["acc_in", "W"], ["acc_out"]), helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [size, size]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [size, size]),
+        ],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    count = helper.make_node("Squeeze", ["N"], ["n"])
+    loop = helper.make_node("Loop", ["n", "cond", "start"], ["Y"], body=body)
+    return _model(
+        [count, loop],
+        [helper.make_tensor_value_info("N", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [size, size])],
+        [numpy_helper.from_array(np.array(True), "cond"), numpy_helper.from_array(np.eye(size, dtype=np.float32), "start")],
+    )

@@ -1,0 +1,116 @@
+"""Start the real server (gunicorn + the project's gunicorn.conf.py) on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """One gunicorn master and its workers, in their own process group, logging to files."""
+
+    def __init__(self, model_dir: Path, log_dir: Path, workers: int = 4, env: dict[str, str] | None = None,
+                 args: list[str] | None = None, port: int | None = None) -> None:
+        self.model_dir = Path(model_dir)
+        self.log_dir = Path(log_dir)
+        self.workers = workers
+        self.env = env or {}
+        self.args = args or []
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.stdout_path = self.log_dir / f"server-{self.port}.out"
+        self.stderr_path = self.log_dir / f"server-{self.port}.err"
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self, timeout: float = 30) -> LiveServer:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "NEXUS_MODEL_DIR": str(self.model_dir), "WEB_CONCURRENCY": str(self.workers),
+               "NEXUS_ORT_THREADS": "1", **self.env}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None) if "PROMETHEUS_MULTIPROC_DIR" not in self.env else None
+        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{self.port}",
+                   "--workers", str(self.workers), *self.args, "wsgi:app"]
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.stderr_path.read_text()}{self.stdout_path.read_text()}")
+            if len(self.worker_pids()) >= self.workers and self._ready():
+                return self
+            time.sleep(0.1)
+        self.stop(signal.SIGKILL)
+        raise RuntimeError(f"gunicorn did not become ready in {timeout} s")
+
+    def _ready(self) -> bool:
+        try:
+            return requests.get(self.url("/health/ready"), timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the master's children (its workers)."""
+        if self.proc is None:
+            return []
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        except OSError:
+            return []
+        return [int(pid) for pid in children]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        """Send ``sig`` to the master and wait for it; kill the whole group if it does not exit."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # stray workers never outlive a test
+        except ProcessLookupError:
+            pass
+        code = self.proc.wait(5)
+        self.proc = None
+        return code
+
+    def log_text(self) -> str:
+        return self.stdout_path.read_text() if self.stdout_path.exists() else ""
+
+    def log_lines(self) -> list[str]:
+        return [line for line in self.log_text().splitlines() if line.strip()]
+
+    def log_records(self) -> list[dict]:
+        return [json.loads(line) for line in self.log_lines()]
+
+    def __enter__(self) -> LiveServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def seed_demo_model(model_dir: Path) -> None:
+    """Copy the shipped demo model (iris) into ``model_dir``."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("iris.onnx", "iris.model_info.json"):
+        (model_dir / name).write_bytes((ROOT / "models" / name).read_bytes())

@@ -1,0 +1,212 @@
+"""Operations against the real gunicorn with 4 workers: metrics, logs, CORS, probes, shutdown."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import requests
+
+from tests import models
+
+CLOSE = {"Connection": "close"}  # a fresh connection per request spreads requests over the workers
+
+
+def metric_samples(server) -> dict[tuple[str, frozenset], float]:
+    """Parse /metrics into {(name, labels): value}."""
+    text = requests.get(server.url("/metrics"), headers=CLOSE, timeout=5).text
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        name, labels, value = match.groups()
+        pairs = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels or ""))
+        samples[(name, pairs)] = float(value)
+    return samples
+
+
+def total(samples, name, **labels) -> float:
+    wanted = set(labels.items())
+    return sum(v for (n, pairs), v in samples.items() if n == name and wanted <= set(pairs))
+
+
+def predict(server, model_id="iris", features=(5.1, 3.5, 1.4, 0.2), **headers):
+    return requests.post(server.url("/predict"), json={"model_id": model_id, "features": list(features)},
+                         headers={**CLOSE, **headers}, timeout=10)
+
+
+def upload(server, data: bytes, model_id: str, token: str | None = None):
+    headers = {**CLOSE, **({"Authorization": f"Bearer {token}"} if token else {})}
+    files = {"file": (f"{model_id}.onnx", io.BytesIO(data))}
+    return requests.post(server.url("/models/upload"), files=files, data={"id": model_id, "name": model_id, "version": "1"},
+                         headers=headers, timeout=30)
+
+
+def test_request_counts_sum_over_all_workers(live):
+    before = total(metric_samples(live), "http_requests_total")
+    pids = set()
+    for i in range(40):
+        response = predict(live) if i % 2 else requests.get(live.url("/health"), headers=CLOSE, timeout=5)
+        assert response.status_code == 200
+    after = metric_samples(live)
+    assert total(after, "http_requests_total") == before + 40
+    assert total(after, "http_requests_total", endpoint="/metrics") == 0
+    assert total(after, "model_predictions_total", model_id="iris", status="success") >= 20
+    pids.update(live.worker_pids())
+    assert len(pids) == 4
+
+
+def test_models_loaded_is_the_model_count_not_a_sum_over_workers(live):
+    assert total(metric_samples(live), "models_loaded") == 1
+    assert upload(live, models.identity(), "extra").status_code == 201
+    for _ in range(8):
+        predict(live, "extra", (1, 2, 3, 4))  # the other workers notice the new model
+    assert total(metric_samples(live), "models_loaded") == 2
+    assert requests.delete(live.url("/models/extra"), headers=CLOSE, timeout=5).status_code == 200
+    assert total(metric_samples(live), "models_loaded") == 1
+
+
+def test_a_killed_worker_keeps_its_counts_and_its_gauge_vanishes(live):
+    for _ in range(12):
+        predict(live)
+    before = metric_samples(live)
+    victim = live.worker_pids()[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (victim in live.worker_pids() or len(live.worker_pids()) < 4):
+        time.sleep(0.1)
+    assert victim not in live.worker_pids() and len(live.worker_pids()) == 4
+    after = metric_samples(live)
+    assert total(after, "model_predictions_total", model_id="iris") >= total(before, "model_predictions_total", model_id="iris")
+    assert total(after, "http_requests_total") >= total(before, "http_requests_total")
+    assert total(after, "models_loaded") == 1
+
+
+def test_unknown_paths_add_at_most_one_series(live):
+    with requests.Session() as session:
+        for _ in range(1000):
+            session.get(live.url(f"/no/{uuid.uuid4().hex}"), timeout=5)
+    samples = metric_samples(live)
+    endpoints = {dict(pairs)["endpoint"] for (name, pairs) in samples if name == "http_requests_total"}
+    assert "<unmatched>" in endpoints
+    assert not any(e.startswith("/no/") for e in endpoints)
+    assert total(samples, "http_requests_total", endpoint="<unmatched>") >= 1000
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (Debian package prometheus)")
+def test_metrics_pass_promtool(live):
+    predict(live)
+    text = requests.get(live.url("/metrics"), timeout=5).text
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_log_line_is_json_and_request_lines_carry_the_request_id(live):
+    ids = [f"trace-{uuid.uuid4().hex[:8]}" for _ in range(6)]
+    for rid in ids[:3]:
+        predict(live, **{"X-Request-ID": rid})
+    for rid in ids[3:]:
+        requests.get(live.url("/models/ghost"), headers={**CLOSE, "X-Request-ID": rid}, timeout=5)
+    time.sleep(0.3)
+    records = live.log_records()  # raises if any line is not JSON
+    assert all({"time", "level", "message", "logger"} <= set(r) for r in records)
+    assert all(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", r["time"]) for r in records)
+    by_id = {r.get("request_id"): r for r in records if r.get("logger") == "nexus.request"}
+    for rid in ids:
+        line = by_id[rid]
+        assert {"method", "path", "status", "duration_ms"} <= set(line)
+    for rid in ids[:3]:
+        assert by_id[rid]["model_id"] == "iris" and by_id[rid]["outcome"] == "success" and by_id[rid]["latency_ms"] > 0
+    assert by_id[ids[3]]["status"] == 404
+    assert any(r["logger"] == "gunicorn.error" and "Booting worker" in r["message"] for r in records)
+    assert live.stderr_path.read_text().strip() == ""
+
+
+def test_request_id_round_trip_and_generated_ids(live):
+    given = predict(live, **{"X-Request-ID": "client-chosen-id"})
+    assert given.headers["X-Request-ID"] == "client-chosen-id" == given.json()["request_id"]
+    made = requests.get(live.url("/nope"), headers=CLOSE, timeout=5)
+    assert uuid.UUID(made.headers["X-Request-ID"]).version == 4
+    assert made.json()["request_id"] == made.headers["X-Request-ID"]
+
+
+def test_cors_preflight_and_headers(live):
+    preflight = requests.options(live.url("/predict"), headers={**CLOSE, "Origin": "https://ui.example",
+                                                                 "Access-Control-Request-Method": "POST",
+                                                                 "Access-Control-Request-Headers": "content-type"}, timeout=5)
+    assert preflight.status_code == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Content-Type" in preflight.headers["Access-Control-Allow-Headers"]
+    actual = predict(live, Origin="https://ui.example")
+    assert actual.headers["Access-Control-Allow-Origin"] == "*"
+    assert "X-Request-ID" in actual.headers["Access-Control-Expose-Headers"]
+    assert "Access-Control-Allow-Credentials" not in actual.headers
+
+
+def test_probes(live):
+    live_probe = requests.get(live.url("/health/live"), headers=CLOSE, timeout=5)
+    ready = requests.get(live.url("/health/ready"), headers=CLOSE, timeout=5)
+    assert live_probe.status_code == 200 and live_probe.json()["status"] == "ok"
+    assert ready.status_code == 200 and ready.json()["models"] == 1
+    assert requests.get(live.url("/health"), headers=CLOSE, timeout=5).json()["status"] == "ok"
+
+
+def test_ready_is_503_with_a_reason_when_the_model_directory_goes_away(make_server, tmp_path):
+    server = make_server(workers=1)
+    moved = tmp_path / "unmounted"
+    server.model_dir.rename(moved)  # as when the volume is unmounted under the server
+    try:
+        response = requests.get(server.url("/health/ready"), timeout=5)
+        assert response.status_code == 503 and "not readable" in response.json()["error"]
+        assert response.json()["code"] == "not_ready"
+        assert requests.get(server.url("/health/live"), timeout=5).status_code == 200
+    finally:
+        moved.rename(server.model_dir)
+    assert requests.get(server.url("/health/ready"), timeout=5).status_code == 200
+
+
+def _slow_iterations(seconds: float) -> int:
+    """How many loop iterations of models.slow_loop take about ``seconds`` on this machine."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(models.slow_loop(), options, providers=["CPUExecutionProvider"])
+    started = time.perf_counter()
+    session.run(None, {"N": np.array([400], np.int64)})
+    per_iteration = (time.perf_counter() - started) / 400
+    return max(1, int(seconds / per_iteration))
+
+
+def test_sigterm_lets_an_in_flight_prediction_finish_and_exits_0(make_server):
+    server = make_server(workers=2)
+    assert upload(server, models.slow_loop(), "slow").status_code == 201
+    iterations = _slow_iterations(3.0)
+    result = {}
+
+    def slow_request():
+        started = time.monotonic()
+        response = requests.post(server.url("/predict"), json={"model_id": "slow", "inputs": {"N": [iterations]}}, timeout=30)
+        result.update(status=response.status_code, seconds=time.monotonic() - started)
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    time.sleep(0.8)  # the prediction is running in a worker
+    started = time.monotonic()
+    code = server.stop(signal.SIGTERM, timeout=20)
+    thread.join(30)
+    assert result["status"] == 200
+    assert result["seconds"] >= 1.5
+    assert code == 0
+    assert time.monotonic() - started < 15
