@@ -73,8 +73,15 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
     errors.init_app(app)
     metrics.init_app(app)
     register_blueprints(app)
-    app.wsgi_app = Edge(app, settings.cors_origins)
+    app.wsgi_app = Edge(app, settings.cors_origins, hot_routes())
     return app
+
+
+def hot_routes() -> dict:
+    """The POST routes the middleware serves without Flask (the Flask routes stay for the url map)."""
+    from nexus.api import predict, v2
+
+    return {predict.ROUTE: predict.handle, **dict.fromkeys(v2.INFER_ROUTES, v2.handle_infer)}
 
 
 def start_worker(app: Flask) -> None:

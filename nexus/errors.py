@@ -103,6 +103,10 @@ class TooLarge(ApiError):
     status = 413
     code = "too_large"
 
+    @classmethod
+    def over(cls, limit: int) -> TooLarge:
+        return cls(f"request body is over the limit of {limit / (1024 * 1024):g} MB")
+
 
 class UnsupportedMediaType(ApiError):
     """415: raise when the body is not in the content type the route reads."""
@@ -132,49 +136,44 @@ _WERKZEUG_MESSAGES = {
 }
 
 
-def error_payload(status: int, code: str, message: str) -> tuple[dict[str, object], int]:
-    """Return the JSON body every error response carries, with the current request id."""
-    from nexus.http import current_request_id
+def error_reply(exc: ApiError, request_id: str):
+    """Render an ApiError as the JSON Reply every error gets."""
+    from nexus.http import json_reply
 
-    return {"error": message, "code": code, "request_id": current_request_id()}, status
-
-
-def _render_api_error(exc: ApiError):
-    from nexus.http import json_response
-
-    body, status = error_payload(exc.status, exc.code, exc.message)
-    return json_response(body, status, headers=exc.headers)
+    body = {"error": exc.message, "code": exc.code, "request_id": request_id}
+    return json_reply(body, exc.status, tuple(exc.headers.items()))
 
 
-def _render_http_exception(exc: HTTPException):
-    from nexus.http import json_response
+def unexpected_reply(exc: BaseException, request_id: str):
+    """Log an unexpected exception with its traceback and render a 500 that leaks nothing."""
+    log.error("unhandled error", exc_info=exc, extra={"error_type": type(exc).__name__, "request_id": request_id})
+    return error_reply(ApiError("internal server error; the request id is in the server log"), request_id)
 
+
+def _from_werkzeug(exc: HTTPException) -> ApiError:
     status = exc.code or 500
     if status == 413:
-        return _render_api_error(TooLarge(_too_large_message()))
-    code = "_".join(exc.name.lower().split()) if exc.name else "http_error"
-    message = _WERKZEUG_MESSAGES.get(status) or (exc.description or exc.name or "error").strip()
-    body, status = error_payload(status, code, message)
-    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
-    return json_response(body, status, headers=headers)
+        from flask import request
+
+        return TooLarge.over(request.max_content_length or 0)
+    error = ApiError(_WERKZEUG_MESSAGES.get(status) or (exc.description or exc.name or "error").strip())
+    error.status = status
+    error.code = "_".join(exc.name.lower().split()) if exc.name else "http_error"
+    error.headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+    return error
 
 
-def _too_large_message() -> str:
-    from flask import request
+def _render(exc: BaseException):
+    from nexus.http import current_request_id, to_response
 
-    limit = request.max_content_length or 0
-    return f"request body is over the limit of {limit / (1024 * 1024):g} MB"
-
-
-def _render_unexpected(exc: Exception):
+    request_id = current_request_id()
+    if isinstance(exc, ApiError):
+        return to_response(error_reply(exc, request_id))
     if isinstance(exc, HTTPException):
-        return _render_http_exception(exc)
-    log.exception("unhandled error", extra={"error_type": type(exc).__name__})
-    return _render_api_error(ApiError("internal server error; the request id is in the server log"))
+        return to_response(error_reply(_from_werkzeug(exc), request_id))
+    return to_response(unexpected_reply(exc, request_id))
 
 
 def init_app(app: Flask) -> None:
     """Render every error, Werkzeug's included, as a JSON body."""
-    app.register_error_handler(ApiError, _render_api_error)
-    app.register_error_handler(HTTPException, _render_http_exception)
-    app.register_error_handler(Exception, _render_unexpected)
+    app.register_error_handler(Exception, _render)

@@ -1,4 +1,8 @@
-"""HTTP plumbing shared by every blueprint: request ids, JSON bodies in and out, timestamps."""
+"""HTTP plumbing shared by every route: request ids, JSON bodies in and out, timestamps.
+
+Everything here works on the WSGI environ, so the two hot routes (``/predict`` and V2 infer),
+which the middleware serves without a Flask request context, and the Flask views share it.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,32 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from flask import Response, request
 
-from nexus.errors import BadInput, UnsupportedMediaType
+from nexus.errors import BadInput, TooLarge, UnsupportedMediaType
 
 REQUEST_ID_ENVIRON = "nexus.request_id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
 # NaN and +-Infinity become null (orjson's rule); numpy arrays and int map keys are written natively.
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+_READ_CHUNK = 1024 * 1024
+# The environ of the request this thread is serving, set by the middleware for log lines and errors.
+serving: ContextVar[dict[str, Any] | None] = ContextVar("nexus_serving", default=None)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A response as data: what a handler returns whether Flask or the middleware sends it."""
+
+    body: bytes
+    status: int = 200
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = field(default=())
 
 
 def valid_request_id(value: object) -> bool:
@@ -24,22 +43,22 @@ def valid_request_id(value: object) -> bool:
     return isinstance(value, str) and _VALID_REQUEST_ID(value) is not None
 
 
-def current_request_id() -> str | None:
-    """Return the id of the request being served, or None outside a request."""
-    if not request:
-        return None
-    environ = request.environ
+def request_id_of(environ: dict[str, Any]) -> str:
+    """Return the request's id, making one from ``X-Request-ID`` or a new UUID4 the first time."""
     rid = environ.get(REQUEST_ID_ENVIRON)
-    if rid is None:  # the app runs without its middleware (nexus.middleware.Edge sets the id)
+    if rid is None:
         incoming = environ.get("HTTP_X_REQUEST_ID")
-        rid = incoming if valid_request_id(incoming) else str(uuid.uuid4())
+        rid = incoming if incoming is not None and valid_request_id(incoming) else str(uuid.uuid4())
         environ[REQUEST_ID_ENVIRON] = rid
     return rid
 
 
-def set_request_id(value: str) -> None:
-    """Make ``value`` the id of the current request (a client may name it in the body)."""
-    request.environ[REQUEST_ID_ENVIRON] = value
+def current_request_id() -> str | None:
+    """Return the id of the request being served, or None outside a request."""
+    environ = serving.get()
+    if environ is None:
+        environ = request.environ if request else None
+    return request_id_of(environ) if environ is not None else None
 
 
 _second_text: tuple[int, str] = (0, "1970-01-01T00:00:00")
@@ -66,24 +85,56 @@ def dumps(body: Any) -> bytes:
     return orjson.dumps(body, option=_DUMPS_OPTIONS)
 
 
-def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    """Build a JSON response without Flask's slower provider."""
-    response = Response(dumps(body), status=status, mimetype="application/json")
-    if headers:
-        response.headers.update(headers)
+def json_reply(body: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    return Reply(dumps(body), status, "application/json", headers)
+
+
+def to_response(reply: Reply) -> Response:
+    """Turn a Reply into a Flask response."""
+    response = Response(reply.body, status=reply.status, content_type=reply.content_type)
+    for name, value in reply.headers:
+        response.headers[name] = value
     return response
 
 
-def _is_json(mimetype: str) -> bool:
-    return mimetype == "application/json" or mimetype.endswith("+json")
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """Build a JSON response without Flask's slower provider."""
+    return to_response(json_reply(body, status, tuple((headers or {}).items())))
 
 
-def read_json_object() -> dict[str, Any]:
-    """Parse the request body as one JSON object, or raise the 4xx that says what is wrong."""
-    mimetype = request.mimetype
-    if mimetype and not _is_json(mimetype):
+def mimetype_of(environ: dict[str, Any]) -> str:
+    return environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+
+
+def read_body(environ: dict[str, Any], limit: int) -> bytes:
+    """Read the whole request body, or raise TooLarge once it passes ``limit`` bytes."""
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        try:
+            size = int(length)
+        except ValueError:
+            raise BadInput("header Content-Length is not a number") from None
+        if size > limit:
+            raise TooLarge.over(limit)
+        return stream.read(size) if size > 0 else b""
+    if not environ.get("wsgi.input_terminated"):
+        return b""  # no length and no end marker: reading could block forever
+    chunks, total = [], 0
+    while chunk := stream.read(_READ_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge.over(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_json_body(environ: dict[str, Any], limit: int) -> dict[str, Any]:
+    """Read and parse the body as one JSON object, or raise the 4xx that says what is wrong."""
+    mimetype = mimetype_of(environ)
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(f"send the body as JSON with 'Content-Type: application/json', not '{mimetype}'")
-    return parse_json_object(request.get_data(cache=False))
+    return parse_json_object(read_body(environ, limit))
 
 
 def parse_json_object(data: bytes | memoryview) -> dict[str, Any]:
@@ -97,4 +148,3 @@ def parse_json_object(data: bytes | memoryview) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadInput(f"request body must be a JSON object, not {type(body).__name__}")
     return body
-

@@ -4,20 +4,27 @@ This is the seed server's middleware stack (metrics outermost, then request id, 
 one pass over the WSGI environ. It runs for every request, errors included, so it is written for
 speed: no Flask hooks, no context-local lookups, nothing at all for CORS when there is no Origin.
 (flask-cors did the same work in about 20 us per request; the rules below are all we need.)
+
+The hot routes (``POST /predict`` and V2 infer) are served here directly by their handlers,
+which work on the environ: a Flask request context costs more than the model run of a small
+model. Every other request goes through Flask.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 from werkzeug.exceptions import HTTPException
 
 from nexus import ROUTE_ENVIRON
-from nexus.http import REQUEST_ID_ENVIRON, valid_request_id
+from nexus.errors import ApiError, error_reply, unexpected_reply
+from nexus.http import REQUEST_ID_ENVIRON, Reply, serving, valid_request_id
 from nexus.observability import metrics
 
 log = logging.getLogger("nexus.request")
@@ -28,14 +35,24 @@ EXPOSE_HEADERS = "X-Request-ID, Inference-Header-Content-Length"
 PREFLIGHT_MAX_AGE = "600"
 
 
-class Edge:
-    """Wrap a Flask app's ``wsgi_app``: ``app.wsgi_app = Edge(app, origins)``."""
+Handler = Callable[..., Reply]
+_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 
-    def __init__(self, app, origins: tuple[str, ...]) -> None:
+
+class Edge:
+    """Wrap a Flask app's ``wsgi_app``: ``app.wsgi_app = Edge(app, origins, hot_routes)``.
+
+    ``hot_routes`` maps POST route templates (Flask syntax) to ``handler(state, environ, **params)``.
+    """
+
+    def __init__(self, app, origins: tuple[str, ...], hot_routes: dict[str, Handler]) -> None:
         self.app = app
+        self.state = app.extensions["nexus"]
         self.wsgi_app = app.wsgi_app
         self.any_origin = "*" in origins
         self.origins = frozenset(origins)
+        self.exact = {t: (t, h) for t, h in hot_routes.items() if "<" not in t}
+        self.patterns = [(_compile(t), t, h) for t, h in hot_routes.items() if "<" in t]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -56,11 +73,44 @@ class Edge:
                 start("204 No Content", list(_PREFLIGHT))
                 self._observe(environ, "204", endpoint, started)
                 return []
-        body = self.wsgi_app(environ, start)
+        token = serving.set(environ)
+        try:
+            hot = self._hot_route(environ) if environ["REQUEST_METHOD"] == "POST" else None
+            if hot is not None:
+                body = self._serve_hot(environ, start, *hot)
+            else:
+                body = self.wsgi_app(environ, start)
+        finally:
+            serving.reset(token)
         endpoint = environ.get(ROUTE_ENVIRON) or metrics.UNMATCHED
         if endpoint != metrics.METRICS_PATH:
             self._observe(environ, status_holder[0][:3] if status_holder else "500", endpoint, started)
         return body
+
+    def _hot_route(self, environ: dict[str, Any]) -> tuple[str, Handler, dict[str, str]] | None:
+        path = environ.get("PATH_INFO", "")
+        found = self.exact.get(path)
+        if found is not None:
+            return found[0], found[1], {}
+        if not path.isascii():
+            path = path.encode("latin-1").decode("utf-8", "replace")  # WSGI hands paths over as latin-1
+        for pattern, template, handler in self.patterns:
+            match = pattern.match(path)
+            if match is not None:
+                return template, handler, {k: v for k, v in match.groupdict().items() if v is not None}
+        return None
+
+    def _serve_hot(self, environ: dict[str, Any], start: Callable, template: str, handler: Handler, params: dict[str, str]) -> list[bytes]:
+        environ[ROUTE_ENVIRON] = template
+        try:
+            reply = handler(self.state, environ, **params)
+        except ApiError as exc:
+            reply = error_reply(exc, environ[REQUEST_ID_ENVIRON])
+        except Exception as exc:  # the same answer Flask's handler gives: logged, nothing leaked
+            reply = unexpected_reply(exc, environ[REQUEST_ID_ENVIRON])
+        headers = [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body))), *reply.headers]
+        start(_STATUS_LINES[reply.status], headers)
+        return [reply.body]
 
     def _cors_headers(self, origin: str | None) -> list[tuple[str, str]]:
         if self.any_origin:
@@ -88,12 +138,17 @@ class Edge:
             "status": int(status),
             "duration_ms": round(seconds * 1000, 3),
         }
-        timer = environ.get("nexus.prediction")
+        timer = environ.get(metrics.PREDICTION_ENVIRON)
         if timer is not None:
             fields["model_id"] = timer.model_id
             fields["latency_ms"] = timer.latency_ms
             fields["outcome"] = "success" if status < "400" else "error"
         log.log(logging.ERROR if status >= "500" else logging.INFO, "prediction" if timer else "request", extra=fields)
+
+
+def _compile(template: str) -> re.Pattern:
+    """Turn a Flask route template into a regex with one named group per (default) converter."""
+    return re.compile("^" + re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", template) + "$")
 
 
 _NO_HEADERS: list[tuple[str, str]] = []

@@ -14,20 +14,28 @@ def nexus():
     return current_app.extensions["nexus"]
 
 
-def require_token() -> None:
+def check_token(settings, environ: dict) -> None:
     """Raise Unauthorized unless the request carries the configured API token (if one is set)."""
-    token = nexus().settings.api_token
+    token = settings.api_token
     if token is None:
         return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise Unauthorized()
 
 
-def require_predict_token() -> None:
+def check_predict_token(settings, environ: dict) -> None:
     """Apply the token to reads and predictions too when NEXUS_PROTECT_PREDICT is on."""
-    if nexus().settings.protect_predict:
-        require_token()
+    if settings.protect_predict:
+        check_token(settings, environ)
+
+
+def require_token() -> None:
+    check_token(nexus().settings, request.environ)
+
+
+def require_predict_token() -> None:
+    check_predict_token(nexus().settings, request.environ)
 
 
 def text_field(source, name: str, max_length: int) -> str:

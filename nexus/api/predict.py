@@ -1,4 +1,8 @@
-"""POST /predict: the seed API's prediction on one model."""
+"""POST /predict: the seed API's prediction on one model.
+
+``handle`` works on the WSGI environ so the middleware can serve this hot route without a Flask
+request context; the Flask view below routes the same function (405s, OPTIONS, the url map).
+"""
 
 from __future__ import annotations
 
@@ -6,37 +10,43 @@ import time
 from typing import Any
 
 import numpy as np
-from flask import Blueprint
+from flask import Blueprint, request
 
-from nexus.api import nexus, require_predict_token
+from nexus.api import check_predict_token, nexus
 from nexus.errors import BadInput
+from nexus.http import REQUEST_ID_ENVIRON, Reply, dumps, read_json_body, request_id_of, to_response, utc_now, valid_request_id
 from nexus.observability import metrics
-from nexus.http import current_request_id, json_response, read_json_object, set_request_id, utc_now, valid_request_id
 from nexus.registry import Model
 from nexus.tensors import decode_features, encode_output, flatten_output
 
 bp = Blueprint("predict", __name__)
+ROUTE = "/predict"
 
 
-@bp.post("/predict")
-def predict():
-    require_predict_token()
-    body = read_json_object()
-    model = nexus().registry.get(_model_id(body))
-    request_id = _request_id(body)
+def handle(app_state, environ: dict[str, Any]) -> Reply:
+    """Answer one ``POST /predict``."""
+    check_predict_token(app_state.settings, environ)
+    body = read_json_body(environ, app_state.settings.max_request_bytes)
+    model = app_state.registry.get(_model_id(body))
+    request_id = _request_id(environ, body)
     started = time.perf_counter()
-    with metrics.prediction(model.id) as timer:
+    with metrics.prediction(environ, model.id) as timer:
         results = timer.run(model.runtime, feeds(model, body))
     outputs = {spec.name: encode_output(value) for spec, value in zip(model.outputs, results, strict=True)}
     timer.latency_ms = round((time.perf_counter() - started) * 1000, 3)
-    return json_response({
+    return Reply(dumps({
         "model_id": model.id,
         "request_id": request_id,
         "prediction": flatten_output(results[0]),
         "outputs": outputs,
         "latency_ms": timer.latency_ms,
         "timestamp": utc_now(),
-    })
+    }))
+
+
+@bp.post(ROUTE)
+def predict():
+    return to_response(handle(nexus(), request.environ))
 
 
 def _model_id(body: dict[str, Any]) -> str:
@@ -48,13 +58,13 @@ def _model_id(body: dict[str, Any]) -> str:
     return model_id
 
 
-def _request_id(body: dict[str, Any]) -> str:
+def _request_id(environ: dict[str, Any], body: dict[str, Any]) -> str:
     if "request_id" in body:
         given = body["request_id"]
         if not valid_request_id(given):
             raise BadInput("field 'request_id' must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-        set_request_id(given)
-    return current_request_id()
+        environ[REQUEST_ID_ENVIRON] = given  # the client named this request: headers and logs follow
+    return request_id_of(environ)
 
 
 def feeds(model: Model, body: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, current_app, request
+from flask import Blueprint, request
 
 from nexus import __version__
-from nexus.api import nexus, require_predict_token, require_token
+from nexus.api import check_predict_token, nexus, require_predict_token, require_token
 from nexus.api.health import check_ready
 from nexus.errors import BadInput, VersionNotFound
-from nexus.http import dumps, json_response, parse_json_object
+from nexus.http import Reply, dumps, json_response, parse_json_object, read_body, to_response
 from nexus.observability import metrics
 from nexus.registry import Model
 from nexus.tensors import decode_v2, decode_v2_binary, encode_v2, v2_datatype
@@ -44,7 +44,7 @@ def server_ready():
 @bp.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
     require_predict_token()
-    model = _model(name, version)
+    model = _model(nexus(), name, version)
     return json_response({
         "name": model.id,
         "versions": [model.version],
@@ -58,21 +58,29 @@ def model_metadata(name: str, version: str | None = None):
 @bp.get("/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
     require_predict_token()
-    model = _model(name, version)
+    model = _model(nexus(), name, version)
     return json_response({"name": model.id, "ready": True})
+
+
+INFER_ROUTES = ("/v2/models/<name>/infer", "/v2/models/<name>/versions/<version>/infer")
+
+
+def handle_infer(app_state, environ: dict[str, Any], name: str, version: str | None = None) -> Reply:
+    """Answer one V2 inference request (the middleware serves it without a Flask context)."""
+    check_predict_token(app_state.settings, environ)
+    model = _model(app_state, name, version)
+    body, binary = _read_request(environ, app_state.settings.max_request_bytes)
+    with metrics.prediction(environ, model.id) as timer:
+        feeds = _feeds(model, body.get("inputs"), binary)
+        wanted = _wanted_outputs(model, body)
+        results = timer.run(model.runtime, feeds, [name for name, _ in wanted])
+    return _response(model, body, wanted, results)
 
 
 @bp.post("/models/<name>/infer")
 @bp.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None):
-    require_predict_token()
-    model = _model(name, version)
-    body, binary = _read_request()
-    with metrics.prediction(model.id) as timer:
-        feeds = _feeds(model, body.get("inputs"), binary)
-        wanted = _wanted_outputs(model, body)
-        results = timer.run(model.runtime, feeds, [name for name, _ in wanted])
-    return _response(model, body, wanted, results)
+    return to_response(handle_infer(nexus(), request.environ, name, version))
 
 
 @bp.post("/repository/index")
@@ -103,8 +111,8 @@ def repository_unload(name: str):
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _model(name: str, version: str | None) -> Model:
-    model = nexus().registry.get(name)
+def _model(app_state, name: str, version: str | None) -> Model:
+    model = app_state.registry.get(name)
     if version is not None and version != model.version:
         raise VersionNotFound(name, version, model.version)
     return model
@@ -116,10 +124,10 @@ def _tensor_metadata(spec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": datatype or spec.type, "shape": shape}
 
 
-def _read_request() -> tuple[dict[str, Any], memoryview]:
+def _read_request(environ: dict[str, Any], limit: int) -> tuple[dict[str, Any], memoryview]:
     """Split the body into its JSON header and the binary tensor data after it (if any)."""
-    data = request.get_data(cache=False)
-    raw_length = request.headers.get(HEADER_LENGTH)
+    data = read_body(environ, limit)
+    raw_length = environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH")
     if raw_length is None:
         return parse_json_object(data), memoryview(b"")
     if not raw_length.isdigit() or int(raw_length) > len(data):
@@ -193,9 +201,7 @@ def _response(model: Model, body: dict[str, Any], wanted: list[tuple[str, bool]]
     document: dict[str, Any] = {"model_name": model.id, "model_version": model.version, "outputs": outputs}
     if "id" in body:
         document["id"] = body["id"]
-    if not any(binary for _, binary in wanted):
-        return json_response(document)
     header = dumps(document)
-    response = current_app.response_class(header + b"".join(payloads), mimetype="application/octet-stream")
-    response.headers[HEADER_LENGTH] = str(len(header))
-    return response
+    if not any(binary for _, binary in wanted):
+        return Reply(header)
+    return Reply(header + b"".join(payloads), content_type="application/octet-stream", headers=((HEADER_LENGTH, str(len(header))),))

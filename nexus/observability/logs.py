@@ -12,7 +12,6 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from flask import has_request_context
 from gunicorn.glogging import Logger as _GunicornLogger
 from pythonjsonlogger.orjson import OrjsonFormatter
 
@@ -66,8 +65,10 @@ class RequestIdFilter(logging.Filter):
     """Put the id of the request being served on every record written while serving it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if "request_id" not in record.__dict__ and has_request_context():
-            record.request_id = current_request_id()
+        if "request_id" not in record.__dict__:
+            request_id = current_request_id()
+            if request_id is not None:
+                record.request_id = request_id
         return True
 
 

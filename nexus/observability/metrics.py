@@ -12,11 +12,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flask import Flask, request
+from flask import Flask
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
 
 METRICS_PATH = "/metrics"
+PREDICTION_ENVIRON = "nexus.prediction"
 UNMATCHED = "<unmatched>"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -61,10 +62,10 @@ class PredictionTimer:
 
 
 @contextmanager
-def prediction(model_id: str) -> Iterator[PredictionTimer]:
+def prediction(environ: dict, model_id: str) -> Iterator[PredictionTimer]:
     """Count one prediction on a registered model as ``success`` or ``error`` and note it for the log."""
     timer = PredictionTimer(model_id)
-    request.environ["nexus.prediction"] = timer
+    environ[PREDICTION_ENVIRON] = timer
     try:
         yield timer
     except Exception:
