@@ -36,11 +36,25 @@ MODEL_LOAD = Histogram("model_load_duration_seconds", "Time to read, check and o
 UPLOAD_BYTES = Counter("model_upload_bytes_total", "Bytes of models accepted by uploads.")
 
 
+# Labelled children by (metric, label values). prometheus_client's own lookup takes a lock and
+# re-validates the labels on every call; the label values here come from small fixed sets
+# (methods, route templates, statuses, registered model ids), so the cache stays small.
+_children: dict[tuple, object] = {}
+
+
+def _child(metric, *labels: str):
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
 def observe_request(method: str, endpoint: str, status: str, seconds: float) -> None:
     if method not in _METHODS:
         method = "other"
-    HTTP_REQUESTS.labels(method, endpoint, status).inc()
-    HTTP_DURATION.labels(method, endpoint).observe(seconds)
+    _child(HTTP_REQUESTS, method, endpoint, status).inc()
+    _child(HTTP_DURATION, method, endpoint).observe(seconds)
 
 
 class PredictionTimer:
@@ -57,7 +71,7 @@ class PredictionTimer:
         started = time.perf_counter()
         results = runtime.run(feeds, output_names)
         self.inference_seconds = time.perf_counter() - started
-        INFERENCE.labels(self.model_id).observe(self.inference_seconds)
+        _child(INFERENCE, self.model_id).observe(self.inference_seconds)
         return results
 
 
@@ -69,9 +83,9 @@ def prediction(environ: dict, model_id: str) -> Iterator[PredictionTimer]:
     try:
         yield timer
     except Exception:
-        PREDICTIONS.labels(model_id, "error").inc()
+        _child(PREDICTIONS, model_id, "error").inc()
         raise
-    PREDICTIONS.labels(model_id, "success").inc()
+    _child(PREDICTIONS, model_id, "success").inc()
 
 
 # The registry reports to this module through these two functions (it knows nothing of Prometheus).
