@@ -105,7 +105,7 @@ class TooLarge(ApiError):
 
     @classmethod
     def over(cls, limit: int) -> TooLarge:
-        return cls(f"request body is over the limit of {limit / (1024 * 1024):g} MB")
+        return cls(f"request body is over the limit of {round(limit / (1024 * 1024), 4):g} MB")
 
 
 class UnsupportedMediaType(ApiError):

@@ -74,6 +74,8 @@ def to_array(name: str, values: Any, dtype: DType) -> np.ndarray:
     except (ValueError, TypeError):
         raise BadInput(f"input '{name}': nested lists must be rectangular (all rows the same length)") from None
     kind = raw.dtype.kind
+    if kind == "O" and target.kind in "iu" and all(type(v) is int for v in raw.flat):
+        kind = "f"  # integers too large for int64/uint64: checked exactly by _to_integers
     if raw.size == 0:
         return raw.astype(target) if target.kind != "O" else raw.astype(object)
     if kind not in _ACCEPTED_KINDS[target.kind]:
@@ -93,8 +95,10 @@ def to_array(name: str, values: Any, dtype: DType) -> np.ndarray:
 
 def _describe(raw: np.ndarray) -> str:
     if raw.dtype.kind == "O":
-        sample = next((v for v in raw.flat if not isinstance(v, (int, float))), None)
-        return "null" if sample is None else f"a {type(sample).__name__} value"
+        if any(v is None for v in raw.flat):
+            return "null"
+        sample = next((v for v in raw.flat if not isinstance(v, (int, float))), 0)
+        return f"a {type(sample).__name__} value"
     return {"U": "strings", "b": "true/false", "f": "numbers", "i": "integers", "u": "integers"}[raw.dtype.kind]
 
 
@@ -102,7 +106,7 @@ def _to_integers(name: str, raw: np.ndarray, dtype: DType, values: Any) -> np.nd
     target = dtype.numpy
     assert target is not None
     info = np.iinfo(target)
-    if raw.dtype.kind == "f":
+    if raw.dtype.kind in "fO":
         exact = np.asarray(values, dtype=object)
         if all(type(v) is int for v in exact.flat):
             # Integers beyond int64 made numpy infer floats; cast the exact Python ints instead.

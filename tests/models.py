@@ -64,7 +64,7 @@ def reshape_to(shape: list[int]) -> bytes:
     return _model(
         [helper.make_node("Reshape", ["X", "S"], ["Y"])],
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 4])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["n"])],
         [numpy_helper.from_array(np.array(shape, dtype=np.int64), "S")],
     )
 

@@ -1,0 +1,144 @@
+"""POST /models/upload: the happy path and every refusal, each leaving the directory as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+
+from tests import models
+from tests.conftest import TOKEN, files_in, upload
+
+
+def assert_error(response, status: int, code: str, words: str) -> None:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert body["code"] == code
+    assert words in body["error"], body["error"]
+    assert body["request_id"] == response.headers["X-Request-ID"]
+
+
+def test_upload_returns_201_with_model_and_tensor_info(client, model_dir, iris_bytes):
+    response = upload(client, iris_bytes, "iris", name="Iris", version="v1.0.0")
+    assert response.status_code == 201
+    assert response.headers["Location"] == "/models/iris"
+    body = response.get_json()
+    assert body["model"] == {"id": "iris", "name": "Iris", "version": "v1.0.0", "path": "models/iris.onnx"}
+    assert body["info"]["inputs"] == [{"name": "input", "dtype": 1, "shape": [-1, 4], "type": "tensor(float)"}]
+    assert body["info"]["outputs"] == [
+        {"name": "output_label", "dtype": 7, "shape": [-1], "type": "tensor(int64)"},
+        {"name": "output_probability", "dtype": 0, "shape": [], "type": "seq(map(int64,tensor(float)))"},
+    ]
+    assert files_in(model_dir) == ["iris.model_info.json", "iris.onnx"]
+    assert (model_dir / "iris.onnx").read_bytes() == iris_bytes
+
+
+def test_sidecar_holds_the_metadata(client, model_dir):
+    import json
+
+    data = models.identity()
+    upload(client, data, "m", name="N", version="7")
+    sidecar = json.loads((model_dir / "m.model_info.json").read_text())
+    assert sidecar["id"] == "m" and sidecar["name"] == "N" and sidecar["version"] == "7"
+    assert sidecar["sha256"] == hashlib.sha256(data).hexdigest() and sidecar["size_bytes"] == len(data)
+    assert sidecar["created_at"].endswith("Z") and sidecar["inputs"][0]["name"] == "X"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "number", "type_name"),
+    [(1, 1, "tensor(float)"), (11, 11, "tensor(double)"), (7, 7, "tensor(int64)"), (8, 8, "tensor(string)"),
+     (9, 9, "tensor(bool)"), (10, 10, "tensor(float16)"), (2, 2, "tensor(uint8)")],
+)
+def test_tensor_info_reports_onnx_type_numbers(client, dtype, number, type_name):
+    body = upload(client, models.identity(dtype, shape=("batch", 3)), "t").get_json()
+    assert body["info"]["inputs"][0] == {"name": "X", "dtype": number, "shape": [-1, 3], "type": type_name}
+
+
+MISSING = [
+    ({"id": "m", "name": "n", "version": "v"}, "field 'file' is missing"),
+    ({"file": True, "name": "n", "version": "v"}, "field 'id' is missing"),
+    ({"file": True, "id": "m", "version": "v"}, "field 'name' is missing"),
+    ({"file": True, "id": "m", "name": "n"}, "field 'version' is missing"),
+    ({"file": True, "id": "m", "name": "  ", "version": "v"}, "field 'name' must be a non-empty string"),
+    ({"file": True, "id": "m", "name": "n" * 201, "version": "v"}, "the limit is 200"),
+    ({"file": True, "id": "m", "name": "n", "version": "v" * 65}, "the limit is 64"),
+]
+
+
+@pytest.mark.parametrize(("fields", "words"), MISSING)
+def test_missing_or_bad_fields_get_400_and_leave_nothing(client, model_dir, fields, words):
+    data = dict(fields)
+    if data.pop("file", False):
+        data["file"] = (io.BytesIO(models.identity()), "m.onnx")
+    response = client.post("/models/upload", data=data, content_type="multipart/form-data")
+    assert_error(response, 400, "bad_input", words)
+    assert files_in(model_dir) == []
+
+
+@pytest.mark.parametrize("bad_id", ["", ".hidden", "../escape", "a/b", "a b", "x" * 65, "ünï", "a\\b", "%2e%2e"])
+def test_invalid_ids_get_400_and_leave_nothing(client, model_dir, bad_id):
+    response = upload(client, models.identity(), bad_id)
+    assert response.status_code == 400 and response.get_json()["code"] == "bad_input"
+    assert files_in(model_dir) == []
+    assert not any(model_dir.parent.glob("escape*"))
+
+
+def test_empty_file_is_refused(client, model_dir):
+    assert_error(upload(client, b"", "m"), 400, "bad_input", "empty")
+    assert files_in(model_dir) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [(b"this is not a model at all", "file is not"), (b"\x08\x07" + b"\xff" * 40, "file is not"), (None, "file is not an ONNX model")],
+)
+def test_files_that_are_not_models_get_400_invalid_model(client, model_dir, data, words):
+    if data is None:
+        data = models.linear()[0][:-20]  # a real model cut short
+    response = upload(client, data, "m")
+    assert_error(response, 400, "invalid_model", words)
+    assert "Traceback" not in response.get_json()["error"] and ".cc:" not in response.get_json()["error"]
+    assert files_in(model_dir) == []
+
+
+def test_external_data_models_are_refused(client, model_dir, iris_bytes):
+    upload(client, iris_bytes, "iris")
+    before = files_in(model_dir)
+    assert_error(upload(client, models.external_data(), "sneaky"), 400, "invalid_model", "external data")
+    assert files_in(model_dir) == before
+
+
+def test_same_id_twice_returns_409_and_keeps_first(client, model_dir):
+    first, weights, bias = models.linear(seed=1)
+    assert upload(client, first, "m").status_code == 201
+    assert_error(upload(client, models.linear(seed=2)[0], "m"), 409, "model_exists", "already registered")
+    assert (model_dir / "m.onnx").read_bytes() == first
+    prediction = client.post("/predict", json={"model_id": "m", "features": [1, 0, 0, 0]}).get_json()["prediction"]
+    assert prediction == pytest.approx((weights[0] + bias).tolist(), abs=1e-5)
+    assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
+
+
+def test_json_body_gets_415(client, model_dir):
+    response = client.post("/models/upload", json={"id": "m"})
+    assert_error(response, 415, "unsupported_media_type", "multipart/form-data")
+    assert files_in(model_dir) == []
+
+
+def test_upload_over_the_limit_gets_413_and_is_not_kept(make_app, model_dir):
+    client = make_app(max_upload_mb=0.01).test_client()
+    response = upload(client, models.linear(in_features=64, out_features=64)[0], "big")
+    assert_error(response, 413, "too_large", "0.01 MB")
+    assert files_in(model_dir) == []
+
+
+@pytest.mark.parametrize(("header", "status"), [(None, 401), ("Bearer wrong", 401), ("Basic " + TOKEN, 401), (f"Bearer {TOKEN}", 201)])
+def test_token_is_required_for_upload_when_set(make_app, model_dir, header, status):
+    client = make_app(api_token=TOKEN).test_client()
+    response = upload(client, models.identity(), "m", headers={"Authorization": header} if header else {})
+    assert response.status_code == status
+    if status == 401:
+        assert_error(response, 401, "unauthorized", "Bearer")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert files_in(model_dir) == []

@@ -1,0 +1,123 @@
+"""Two registries on one directory behave like two gunicorn workers: each sees the other's writes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from nexus import registry as registry_module
+from nexus.errors import ModelBusy, ModelExists, ModelNotFound
+from nexus.registry import Registry
+from nexus.store import ModelStore
+from tests import models
+
+
+@pytest.fixture
+def workers(model_dir):
+    return Registry(ModelStore(model_dir), 1), Registry(ModelStore(model_dir), 1)
+
+
+def publish(registry: Registry, model_id: str, data: bytes):
+    pending = registry.store.new_pending()
+    pending.file.write(data)
+    try:
+        return registry.upload(model_id, model_id, "1", pending)
+    finally:
+        pending.discard()
+
+
+def run(registry: Registry, model_id: str, x):
+    model = registry.get(model_id)
+    return model.runtime.run({model.inputs[0].name: np.asarray(x, np.float32)})[0]
+
+
+def test_an_upload_in_one_worker_is_served_by_the_other_at_once(workers):
+    a, b = workers
+    b.sync()
+    publish(a, "m", models.identity())
+    assert b.get("m").id == "m"
+    assert [m.id for m in b.models()] == ["m"]
+
+
+def test_a_delete_in_one_worker_is_seen_by_the_other_at_once(workers):
+    a, b = workers
+    publish(a, "m", models.identity())
+    assert b.get("m")
+    a.delete("m")
+    with pytest.raises(ModelNotFound):
+        b.get("m")
+    assert b.models() == []
+
+
+def test_a_replacement_is_reloaded_not_served_stale(workers):
+    a, b = workers
+    first, w1, b1 = models.linear(seed=1)
+    second, w2, b2 = models.linear(seed=2)
+    x = np.ones((1, 4), np.float32)
+    publish(a, "m", first)
+    assert np.allclose(run(b, "m", x), x @ w1 + b1)
+    a.delete("m")
+    publish(a, "m", second)
+    assert np.allclose(run(b, "m", x), x @ w2 + b2)
+
+
+def test_changes_within_one_timestamp_tick_are_still_seen(workers, monkeypatch):
+    a, b = workers
+    publish(a, "m", models.identity())
+    b.get("m")
+    stamp = b.store.dir_stamp()
+    a.delete("m")
+    os.utime(b.store.directory, ns=(stamp[1], stamp[1]))  # as if the delete landed in the same tick
+    assert b.store.dir_stamp() == stamp
+    with pytest.raises(ModelNotFound):
+        b.get("m")
+
+
+def test_a_quiet_directory_costs_one_stat_and_no_scan(workers, monkeypatch):
+    a, b = workers
+    publish(a, "m", models.identity())
+    b.get("m")
+    monkeypatch.setattr(registry_module, "RACY_NS", 0)
+    b.sync()
+    scans = []
+    monkeypatch.setattr(b.store, "scan", lambda: scans.append(1) or [])
+    for _ in range(5):
+        b.get("m")
+    assert scans == []
+
+
+def test_duplicate_upload_is_refused_and_a_held_claim_is_busy(workers):
+    a, b = workers
+    publish(a, "m", models.identity())
+    with pytest.raises(ModelExists):
+        publish(b, "m", models.identity())
+    with a.store.claim("n"), pytest.raises(ModelBusy):
+        publish(b, "n", models.identity())
+
+
+def test_bad_files_are_skipped_and_the_rest_load(model_dir):
+    good = Registry(ModelStore(model_dir), 1)
+    publish(good, "ok", models.identity())
+    publish(good, "tampered", models.identity())
+    (model_dir / "tampered.onnx").write_bytes(models.add_mul())  # no longer matches its sha256
+    (model_dir / "garbled.model_info.json").write_text("{")
+    (model_dir / "garbled.onnx").write_bytes(models.identity())
+    (model_dir / "lonely.model_info.json").write_text('{"id": "lonely"}')
+    (model_dir / "junk.model_info.json").write_text('{"id": "junk"}')
+    (model_dir / "junk.onnx").write_bytes(b"not a model")
+    fresh = Registry(ModelStore(model_dir), 1)
+    assert [m.id for m in fresh.models()] == ["ok"]
+    reasons = {row["name"]: row.get("reason", "") for row in fresh.index()}
+    assert "sha256" in reasons["tampered"] and "JSON" in reasons["garbled"]
+    assert "missing" in reasons["lonely"] and "not" in reasons["junk"]
+
+
+def test_sessions_made_before_a_fork_are_not_used_after_it(workers, monkeypatch):
+    a, _ = workers
+    publish(a, "m", models.identity())
+    before = a.get("m")
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # what a forked child sees
+    after = a.get("m")
+    assert after is not before and after.runtime is not before.runtime

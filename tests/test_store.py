@@ -1,0 +1,117 @@
+"""The model directory: ids, claims, atomic publish, removal and crash leftovers."""
+
+from __future__ import annotations
+
+import pytest
+
+from nexus.errors import BadInput, ModelBusy
+from nexus.onnx_scan import ProtobufError, uses_external_data
+from nexus.store import ModelStore, check_id
+from tests import models
+from tests.conftest import files_in
+
+
+@pytest.fixture
+def store(model_dir) -> ModelStore:
+    return ModelStore(model_dir)
+
+
+@pytest.mark.parametrize("model_id", ["iris", "a.b-c_1", "A", "0", "-dash", "x" * 64])
+def test_valid_ids(model_id):
+    assert check_id(model_id) == model_id
+
+
+@pytest.mark.parametrize("model_id", ["", ".hidden", "..", "../x", "a/b", "a b", "x" * 65, "ünï", "a\x00b", None, 7])
+def test_invalid_ids_raise_bad_input(model_id):
+    with pytest.raises(BadInput):
+        check_id(model_id)
+
+
+def test_a_claim_is_exclusive_and_released(store, model_dir):
+    with store.claim("m"):
+        assert files_in(model_dir) == [".m.claim"]
+        with pytest.raises(ModelBusy), store.claim("m"):
+            pass
+        with store.claim("other"):  # other ids are independent
+            pass
+    assert files_in(model_dir) == []
+    with store.claim("m"):
+        pass
+
+
+def _publish(store, model_id: str, data: bytes):
+    pending = store.new_pending()
+    pending.file.write(data)
+    with store.claim(model_id):
+        store.publish(model_id, pending, {"id": model_id})
+    pending.discard()
+
+
+def test_publish_places_model_then_sidecar_and_leaves_no_hidden_file(store, model_dir):
+    _publish(store, "m", models.identity())
+    assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
+    assert store.exists("m") and store.read_model("m") == models.identity()
+    assert [s.model_id for s in store.scan()] == ["m"]
+
+
+def test_remove_deletes_both_files(store, model_dir):
+    _publish(store, "m", models.identity())
+    with store.claim("m"):
+        store.remove("m")
+    assert files_in(model_dir) == []
+
+
+def test_a_discarded_pending_file_is_removed(store, model_dir):
+    pending = store.new_pending()
+    pending.file.write(b"partial")
+    assert len(files_in(model_dir)) == 1
+    pending.discard()
+    pending.discard()  # twice is harmless
+    assert files_in(model_dir) == []
+
+
+def test_clean_leftovers_removes_only_what_nobody_holds(store, model_dir):
+    _publish(store, "kept", models.identity())
+    (model_dir / ".upload-deadbeef.tmp").write_bytes(b"crashed upload")
+    (model_dir / ".gone.claim").write_bytes(b"")
+    (model_dir / "orphan.onnx").write_bytes(models.identity())
+    (model_dir / "orphan.unloaded").write_bytes(b"")
+    live = store.new_pending()  # an upload in progress in another worker
+    with store.claim("busy"):
+        (model_dir / "busy.onnx").write_bytes(b"being published")
+        removed = store.clean_leftovers()
+        assert set(removed) == {".upload-deadbeef.tmp", ".gone.claim", "orphan.onnx", "orphan.unloaded"}
+        assert live.path.exists() and (model_dir / "busy.onnx").exists() and (model_dir / ".busy.claim").exists()
+    live.discard()
+    assert files_in(model_dir) == ["busy.onnx", "kept.model_info.json", "kept.onnx"]
+
+
+def test_scan_signature_changes_when_a_model_is_replaced(store):
+    _publish(store, "m", models.identity())
+    first = store.signature("m")
+    with store.claim("m"):
+        store.remove("m")
+    _publish(store, "m", models.add_mul())
+    assert store.signature("m") != first
+    assert store.signature("ghost") is None
+
+
+def test_read_sidecar_rejects_garbage_and_a_foreign_id(store, model_dir):
+    (model_dir / "a.model_info.json").write_text("{nope")
+    (model_dir / "b.model_info.json").write_text('{"id": "c"}')
+    (model_dir / "d.model_info.json").write_text("[1]")
+    for model_id, words in (("a", "not valid JSON"), ("b", "names id"), ("d", "not a JSON object")):
+        with pytest.raises(ValueError, match=words):
+            store.read_sidecar(model_id)
+
+
+@pytest.mark.parametrize(("data", "external"), [(models.external_data(), True), (models.identity(), False), (models.add_mul(), False)])
+def test_external_data_scan(data, external, iris_bytes):
+    assert uses_external_data(data) is external
+    assert uses_external_data(iris_bytes) is False
+
+
+@pytest.mark.parametrize("garbage", [b"\xff" * 10, b"\x0a\xff\xff\xff\xff\x0f", b"\x0f"])
+def test_external_data_scan_rejects_malformed_protobuf(garbage):
+    with pytest.raises(ProtobufError):
+        uses_external_data(garbage)
