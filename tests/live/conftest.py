@@ -7,12 +7,17 @@ import pytest
 from tests.live.server import LiveServer, seed_demo_model
 
 
+def demo_server(tmp_path_factory, workers: int = 4) -> LiveServer:
+    """Start a server with the demo model in a fresh directory."""
+    base = tmp_path_factory.mktemp("live")
+    seed_demo_model(base / "models")
+    return LiveServer(base / "models", base / "logs", workers=workers).start()
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """A server with 4 workers and the demo model, shared by one test module."""
-    base = tmp_path_factory.mktemp("live")
-    seed_demo_model(base / "models")
-    server = LiveServer(base / "models", base / "logs", workers=4).start()
+    server = demo_server(tmp_path_factory)
     yield server
     server.stop()
 

@@ -13,7 +13,7 @@ from schemathesis.checks import (
 )
 
 from nexus.openapi import document
-from tests.live.server import LiveServer, seed_demo_model
+from tests.live.conftest import demo_server
 
 schema = schemathesis.openapi.from_dict(document())
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -22,9 +22,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory):
     """A server of its own: the fuzzer may delete the demo model."""
-    base = tmp_path_factory.mktemp("fuzz")
-    seed_demo_model(base / "models")
-    server = LiveServer(base / "models", base / "logs", workers=2).start()
+    server = demo_server(tmp_path_factory, workers=2)
     yield server
     server.stop()
 
