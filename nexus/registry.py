@@ -90,7 +90,7 @@ class Registry:
 
     def get(self, model_id: str) -> Model:
         """Return the model, or raise ModelNotFound (after a direct look at the disk)."""
-        self.refresh()
+        self.refresh(model_id)
         with self._lock:
             model = self._models.get(model_id)
         if model is None:
@@ -142,8 +142,12 @@ class Registry:
 
     # -- keeping in step with the disk -------------------------------------------------------
 
-    def refresh(self) -> None:
-        """Re-read the directory if it changed since the last look (one stat when it did not)."""
+    def refresh(self, model_id: str | None = None) -> None:
+        """Re-read the directory if it changed since the last look (one stat when it did not).
+
+        Shortly after a change the directory's stamp proves nothing; then a request for one
+        model checks that model's own files (three stats) instead of re-reading everything.
+        """
         try:
             stamp = self.store.dir_stamp()
         except FileNotFoundError:
@@ -151,6 +155,11 @@ class Registry:
         if stamp is not None and stamp == self._stamp and self._pid == os.getpid():
             if time.time_ns() >= self._trust_after_ns:
                 return
+            if model_id is not None:
+                with self._lock:
+                    model = self._models.get(model_id)
+                if model is not None and model.signature is not None and self.store.signature(model_id) == model.signature:
+                    return
         self.sync()
 
     def sync(self) -> None:

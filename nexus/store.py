@@ -233,13 +233,14 @@ class ModelStore:
         return found
 
     def signature(self, model_id: str) -> tuple[int, ...] | None:
-        """Return the identity of a model's two files, or None when one of them is missing."""
+        """Return the identity of a model's files and unload mark, or None when a file is missing."""
         try:
             sc = os.stat(self.sidecar_path(model_id))
             mo = os.stat(self.model_path(model_id))
         except FileNotFoundError:
             return None
-        return (sc.st_ino, sc.st_mtime_ns, sc.st_size, mo.st_ino, mo.st_mtime_ns, mo.st_size)
+        unloaded = os.path.exists(self.unloaded_path(model_id))
+        return (sc.st_ino, sc.st_mtime_ns, sc.st_size, mo.st_ino, mo.st_mtime_ns, mo.st_size, unloaded)
 
     def read_sidecar(self, model_id: str) -> dict[str, Any]:
         """Return the sidecar as a dict; raise ValueError with the reason if it is not usable."""

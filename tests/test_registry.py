@@ -121,3 +121,25 @@ def test_sessions_made_before_a_fork_are_not_used_after_it(workers, monkeypatch)
     monkeypatch.setattr(os, "getpid", lambda: -1)  # what a forked child sees
     after = a.get("m")
     assert after is not before and after.runtime is not before.runtime
+
+
+def test_right_after_a_change_a_request_checks_only_its_own_model(workers, monkeypatch):
+    a, b = workers
+    publish(a, "m", models.identity())
+    b.get("m")  # loaded, and the directory changed less than RACY_NS ago
+    scans = []
+    monkeypatch.setattr(b.store, "scan", lambda: scans.append(1) or [])
+    for _ in range(5):
+        b.get("m")
+    assert scans == []
+
+
+def test_an_unload_within_one_timestamp_tick_is_seen(workers):
+    a, b = workers
+    publish(a, "m", models.identity())
+    b.get("m")
+    stamp = b.store.dir_stamp()
+    a.set_loaded("m", False)
+    os.utime(b.store.directory, ns=(stamp[1], stamp[1]))
+    with pytest.raises(ModelNotFound, match="unloaded"):
+        b.get("m")
