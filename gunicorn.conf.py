@@ -24,7 +24,7 @@ worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "300"))  # a 512 MB upload over a slow link is not a hung worker
 graceful_timeout = 15  # SIGTERM: finish in-flight requests for up to 15 s, then exit
-keepalive = 5  # nginx keeps upstream connections open (deploy/nginx.conf)
+keepalive = 5  # gthread workers keep client/nginx connections open this long; sync workers close after each response
 # The heartbeat file lives in memory, not on a possibly slow container disk.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # Trust X-Forwarded-* only from these addresses (nginx on the same host or pod by default);

@@ -142,3 +142,18 @@ def test_token_is_required_for_upload_when_set(make_app, model_dir, header, stat
         assert_error(response, 401, "unauthorized", "Bearer")
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert files_in(model_dir) == []
+
+
+def test_a_flood_of_file_parts_is_refused_and_leaves_nothing(client, model_dir):
+    data = {f"file{i}": (io.BytesIO(b"x" * 100), f"f{i}.onnx") for i in range(40)}
+    data.update({"id": "m", "name": "n", "version": "v"})
+    response = client.post("/models/upload", data=data, content_type="multipart/form-data")
+    assert response.status_code == 413 and response.get_json()["code"] == "too_large"
+    assert files_in(model_dir) == []
+
+
+def test_extra_file_parts_are_not_kept(client, model_dir):
+    data = {"file": (io.BytesIO(models.identity()), "m.onnx"), "spare": (io.BytesIO(b"junk"), "junk.bin"),
+            "id": "m", "name": "n", "version": "v"}
+    assert client.post("/models/upload", data=data, content_type="multipart/form-data").status_code == 201
+    assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
