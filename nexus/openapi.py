@@ -262,6 +262,11 @@ def _paths() -> dict[str, Any]:
         "/metrics": {
             "get": _op("Prometheus metrics of all workers", {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}, tag="health")
         },
+        "/": {"get": _op("The web console (HTML)", {"200": {"description": "The console page", "content": {"text/html": {"schema": {"type": "string"}}}}}, tag="health")},
+        "/console/{filename}": {
+            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": _op("The console's scripts and styles", {"200": {"description": "A static file", "content": {"*/*": {"schema": {"type": "string"}}}}, **_errors(404)}, tag="health"),
+        },
         "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}, tag="health")},
         "/v2": {"get": _op("Server metadata", {"200": _json({"type": "object", "required": ["name", "version", "extensions"]}, "Metadata"), **_errors(*_COMMON)}, tag="v2")},
         "/v2/health/live": {"get": _op("Server liveness", {"200": _json({"type": "object"}, "Live"), **_errors(*_COMMON)}, tag="v2")},

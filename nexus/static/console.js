@@ -1,0 +1,279 @@
+// The Model Nexus console: plain JavaScript, same-origin requests only.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let current = null; // the model shown in the panel
+
+function authHeaders() {
+  const token = $("token").value.trim();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+// Turn a failed response into one readable sentence: "409 Conflict: model 'x' is already registered".
+async function explain(response) {
+  let detail = "";
+  try {
+    const body = await response.json();
+    detail = body.error || JSON.stringify(body);
+  } catch (_) {
+    detail = response.statusText;
+  }
+  return `${response.status} ${response.statusText}: ${detail}`;
+}
+
+function formatSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function cell(row, text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  row.appendChild(td);
+}
+
+async function refreshStatus() {
+  const badge = $("status");
+  try {
+    const response = await fetch("/health/ready", { cache: "no-store" });
+    const body = await response.json();
+    if (response.ok) {
+      badge.className = "badge badge-ready";
+      badge.textContent = `ready · ${body.models} model${body.models === 1 ? "" : "s"}`;
+      $("version").textContent = `server ${body.version}`;
+    } else {
+      badge.className = "badge badge-down";
+      badge.textContent = `not ready: ${body.error}`;
+    }
+  } catch (_) {
+    badge.className = "badge badge-down";
+    badge.textContent = "unreachable";
+  }
+}
+
+async function refreshModels() {
+  const tbody = $("models").querySelector("tbody");
+  $("models-error").hidden = true;
+  let list;
+  try {
+    const response = await fetch("/models", { headers: authHeaders(), cache: "no-store" });
+    if (!response.ok) throw new Error(await explain(response));
+    list = (await response.json()).models;
+  } catch (error) {
+    $("models-error").textContent = `Could not list models: ${error.message}`;
+    $("models-error").hidden = false;
+    return;
+  }
+  const details = await Promise.all(list.map((m) => fetch(`/models/${encodeURIComponent(m.id)}`, { headers: authHeaders() })
+    .then((r) => (r.ok ? r.json() : m)).catch(() => m)));
+  tbody.replaceChildren();
+  for (const model of details) {
+    const row = document.createElement("tr");
+    row.tabIndex = 0;
+    row.dataset.id = model.id;
+    row.setAttribute("aria-selected", String(current !== null && current.id === model.id));
+    cell(row, model.id);
+    cell(row, model.name);
+    cell(row, model.version);
+    cell(row, model.size_bytes === undefined ? "" : formatSize(model.size_bytes));
+    cell(row, model.created_at ? model.created_at.replace("T", " ").replace(/\.\d+Z$/, " UTC") : "");
+    row.addEventListener("click", () => openModel(model.id));
+    row.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        openModel(model.id);
+      }
+    });
+    tbody.appendChild(row);
+  }
+  $("models-empty").hidden = details.length > 0;
+  refreshStatus();
+}
+
+// A value of the input's element type: 0, false or "".
+function zeroFor(type) {
+  if (type.includes("bool")) return false;
+  if (type.includes("string")) return "";
+  return 0;
+}
+
+// Nested zeros of the declared shape; dynamic dimensions (-1) become 1.
+function zeros(shape, value) {
+  if (shape.length === 0) return value;
+  const [first, ...rest] = shape;
+  return Array.from({ length: first < 1 ? 1 : first }, () => zeros(rest, value));
+}
+
+function exampleRequest(model) {
+  const inputs = {};
+  for (const input of model.inputs) inputs[input.name] = zeros(input.shape, zeroFor(input.type));
+  return { model_id: model.id, inputs };
+}
+
+// Pretty JSON with arrays of plain values kept on one line: [[0, 0, 0, 0]], not one value a line.
+function compactJson(value) {
+  return JSON.stringify(value, null, 2).replace(/\[[^\[\]{}]*\]/g, (array) => array.replace(/\s*\n\s*/g, " ").replace(/\[ /, "[").replace(/ \]/, "]"));
+}
+
+function fillTable(id, tensors) {
+  const tbody = $(id).querySelector("tbody");
+  tbody.replaceChildren();
+  for (const tensor of tensors) {
+    const row = document.createElement("tr");
+    cell(row, tensor.name);
+    cell(row, tensor.type);
+    cell(row, `[${tensor.shape.join(", ")}]`);
+    tbody.appendChild(row);
+  }
+}
+
+function updateCurl() {
+  const auth = $("token").value.trim() ? ` \\\n  -H 'Authorization: Bearer ${$("token").value.trim()}'` : "";
+  const body = $("request").value.replace(/\s*\n\s*/g, " ").replace(/'/g, "'\\''");
+  $("curl").value = `curl -X POST ${window.location.origin}/predict \\\n  -H 'Content-Type: application/json'${auth} \\\n  -d '${body}'`;
+}
+
+async function openModel(id) {
+  const response = await fetch(`/models/${encodeURIComponent(id)}`, { headers: authHeaders(), cache: "no-store" });
+  if (!response.ok) {
+    $("models-error").textContent = await explain(response);
+    $("models-error").hidden = false;
+    return;
+  }
+  current = await response.json();
+  for (const row of $("models").querySelectorAll("tbody tr")) row.setAttribute("aria-selected", String(row.dataset.id === id));
+  $("panel").hidden = false;
+  $("panel-title").textContent = `${current.name} (${current.id})`;
+  $("panel-meta").textContent = `version ${current.version} · ${formatSize(current.size_bytes)} · sha256 ${current.sha256.slice(0, 12)}…`;
+  fillTable("inputs", current.inputs);
+  fillTable("outputs", current.outputs);
+  $("request").value = compactJson(exampleRequest(current));
+  $("response").textContent = "";
+  $("response-meta").textContent = "";
+  updateCurl();
+  $("predict").focus();
+}
+
+async function predict() {
+  const button = $("predict");
+  let body;
+  try {
+    body = JSON.parse($("request").value);
+  } catch (error) {
+    $("response-meta").textContent = `The request is not valid JSON: ${error.message}`;
+    $("response-meta").className = "error";
+    return;
+  }
+  button.disabled = true;
+  try {
+    const response = await fetch("/predict", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...authHeaders() },
+      body: JSON.stringify(body),
+    });
+    const requestId = response.headers.get("X-Request-ID");
+    if (!response.ok) {
+      $("response-meta").className = "error";
+      $("response-meta").textContent = `${await explain(response)} (request ${requestId})`;
+      $("response").textContent = "";
+      return;
+    }
+    const result = await response.json();
+    $("response-meta").className = "muted";
+    $("response-meta").textContent = `prediction ${JSON.stringify(result.prediction)} · ${result.latency_ms} ms · request ${result.request_id}`;
+    $("response").textContent = JSON.stringify(result, null, 2);
+  } catch (error) {
+    $("response-meta").className = "error";
+    $("response-meta").textContent = `The server did not answer: ${error.message}`;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function upload(event) {
+  event.preventDefault();
+  const form = $("upload");
+  const message = $("upload-message");
+  if (!form.reportValidity()) return;
+  const data = new FormData();
+  data.append("file", $("upload-file").files[0]);
+  data.append("id", $("upload-id").value.trim());
+  data.append("name", $("upload-name").value.trim());
+  data.append("version", $("upload-version").value.trim());
+  // XMLHttpRequest, not fetch: it reports upload progress for large models.
+  const request = new XMLHttpRequest();
+  const progress = $("upload-progress");
+  request.open("POST", "/models/upload");
+  for (const [name, value] of Object.entries(authHeaders())) request.setRequestHeader(name, value);
+  request.upload.addEventListener("progress", (e) => {
+    if (e.lengthComputable) progress.value = Math.round((100 * e.loaded) / e.total);
+  });
+  request.addEventListener("load", async () => {
+    progress.hidden = true;
+    $("upload-submit").disabled = false;
+    let body = {};
+    try {
+      body = JSON.parse(request.responseText);
+    } catch (_) {
+      body = { error: request.statusText };
+    }
+    if (request.status === 201) {
+      message.className = "ok";
+      message.textContent = `Uploaded ${body.model.id} (${body.model.name} ${body.model.version}).`;
+      form.reset();
+      await refreshModels();
+      openModel(body.model.id);
+    } else {
+      message.className = "error";
+      message.textContent = `Refused: ${request.status} ${request.statusText}: ${body.error || "unknown error"}`;
+    }
+  });
+  request.addEventListener("error", () => {
+    progress.hidden = true;
+    $("upload-submit").disabled = false;
+    message.className = "error";
+    message.textContent = "The upload did not reach the server.";
+  });
+  progress.value = 0;
+  progress.hidden = false;
+  $("upload-submit").disabled = true;
+  message.className = "muted";
+  message.textContent = "Uploading…";
+  request.send(data);
+}
+
+function askDelete() {
+  if (!current) return;
+  $("confirm-id").textContent = current.id;
+  $("confirm-delete").showModal();
+}
+
+async function confirmDelete() {
+  if ($("confirm-delete").returnValue !== "delete" || !current) return;
+  const id = current.id;
+  const response = await fetch(`/models/${encodeURIComponent(id)}`, { method: "DELETE", headers: authHeaders() });
+  if (!response.ok) {
+    $("response-meta").className = "error";
+    $("response-meta").textContent = `Delete refused: ${await explain(response)}`;
+    return;
+  }
+  current = null;
+  $("panel").hidden = true;
+  $("upload-message").className = "muted";
+  $("upload-message").textContent = `Deleted ${id}.`;
+  await refreshModels();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("refresh").addEventListener("click", refreshModels);
+  $("upload").addEventListener("submit", upload);
+  $("predict").addEventListener("click", predict);
+  $("request").addEventListener("input", updateCurl);
+  $("token").addEventListener("input", () => current && updateCurl());
+  $("delete").addEventListener("click", askDelete);
+  $("confirm-delete").addEventListener("close", confirmDelete);
+  refreshStatus();
+  refreshModels();
+  setInterval(refreshStatus, 10000);
+});
