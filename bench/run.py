@@ -11,7 +11,6 @@ onnxruntime before it is timed. Needs: wrk, and the 'bench' extra (matplotlib, o
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
