@@ -83,8 +83,8 @@ def test_large_upload_predict_and_one_request_id_through_nginx(live, nginx):
     time.sleep(0.2)
     nginx_lines = [json.loads(line) for line in access_log.read_text().splitlines()]
     assert any(line["request_id"] == request_id and line["path"] == "/predict" for line in nginx_lines)
-    server_lines = [r for r in live.log_records() if r.get("request_id") == request_id]
-    assert server_lines and server_lines[0]["path"] == "/predict"
+    server_lines = [r for r in live.log_records() if r.get("request_id") == request_id and r["logger"] == "nexus.request"]
+    assert [line["path"] for line in server_lines] == ["/predict"]
 
 
 def test_a_client_request_id_passes_through_nginx_unchanged(nginx):
