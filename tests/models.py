@@ -128,3 +128,26 @@ def slow_loop(size: int = 256) -> bytes:
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [size, size])],
         [numpy_helper.from_array(np.array(True), "cond"), numpy_helper.from_array(np.eye(size, dtype=np.float32), "start")],
     )
+
+
+def mlp(in_features: int = 16, hidden: int = 32, out_features: int = 5, seed: int = 0) -> bytes:
+    """A float32 MLP: Relu(X @ W1 + b1) @ W2 + b2 on [N, in_features]."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "W1": rng.standard_normal((in_features, hidden)).astype(np.float32),
+        "b1": rng.standard_normal(hidden).astype(np.float32),
+        "W2": rng.standard_normal((hidden, out_features)).astype(np.float32),
+        "b2": rng.standard_normal(out_features).astype(np.float32),
+    }
+    return _model(
+        [
+            helper.make_node("MatMul", ["X", "W1"], ["H0"]),
+            helper.make_node("Add", ["H0", "b1"], ["H1"]),
+            helper.make_node("Relu", ["H1"], ["H"]),
+            helper.make_node("MatMul", ["H", "W2"], ["Y0"]),
+            helper.make_node("Add", ["Y0", "b2"], ["Y"]),
+        ],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, in_features])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, out_features])],
+        [numpy_helper.from_array(v, k) for k, v in arrays.items()],
+    )

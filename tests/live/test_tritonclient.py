@@ -16,7 +16,7 @@ httpclient = pytest.importorskip("tritonclient.http")
 @pytest.fixture(scope="module")
 def triton(live, iris_bytes):
     for model_id, data in {
-        "mlp": models.linear(in_features=16, out_features=5, seed=7)[0],
+        "mlp": models.mlp(seed=7),
         "pair": models.add_mul(),
         "words": models.identity(TensorProto.STRING, shape=(None, 3)),
         "classifier": iris_bytes,
@@ -47,7 +47,7 @@ def test_fp32_mlp(triton, binary):
     tensor = httpclient.InferInput("X", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x, binary_data=binary)
     result = triton.infer("mlp", [tensor], outputs=[httpclient.InferRequestedOutput("Y", binary_data=binary)])
-    (want,) = expected(models.linear(in_features=16, out_features=5, seed=7)[0], {"X": x}, ["Y"])
+    (want,) = expected(models.mlp(seed=7), {"X": x}, ["Y"])
     assert result.as_numpy("Y").dtype == np.float32
     assert np.array_equal(result.as_numpy("Y"), want)
 
