@@ -73,7 +73,7 @@ def handle_infer(app_state, environ: dict[str, Any], name: str, version: str | N
     with metrics.prediction(environ, model.id) as timer:
         feeds = _feeds(model, body.get("inputs"), binary)
         wanted = _wanted_outputs(model, body)
-        results = timer.run(model.runtime, feeds, [name for name, _ in wanted])
+        results = timer.run(model.runtime, feeds, [output for output, _ in wanted])
     return _response(model, body, wanted, results)
 
 
