@@ -115,6 +115,26 @@ class UnsupportedMediaType(ApiError):
     code = "unsupported_media_type"
 
 
+class StorageFull(ApiError):
+    """507: raise when the model directory has no space (or quota) left for a write."""
+
+    status = 507
+    code = "storage_full"
+
+    def __init__(self) -> None:
+        super().__init__("the model directory is full; free space on its volume or raise its quota, then upload again")
+
+
+class StorageNotWritable(ApiError):
+    """500: raise when the model directory refuses writes (read-only volume, wrong owner)."""
+
+    status = 500
+    code = "storage_not_writable"
+
+    def __init__(self) -> None:
+        super().__init__("the model directory is not writable by the server; check the volume's mount and permissions")
+
+
 class InferenceFailed(ApiError):
     """500: raise when onnxruntime fails while running a model on valid-looking input."""
 

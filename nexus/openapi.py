@@ -31,8 +31,9 @@ def _errors(*statuses: int) -> dict[str, Any]:
         409: "The id is already registered, or being written right now",
         413: "Body over the configured limit",
         415: "Wrong content type",
-        500: "Inference failed inside the model",
+        500: "Server-side failure: inference failed inside the model, or the model directory is not writable",
         503: "Not ready",
+        507: "The model directory is full",
     }
     return {str(s): _json(_ref("Error"), words[s]) for s in statuses}
 
@@ -199,7 +200,7 @@ def _paths() -> dict[str, Any]:
                 "Upload an ONNX model",
                 {
                     "201": _json({"type": "object", "required": ["model", "info"], "properties": {"model": _ref("ModelSummary"), "info": {"type": "object"}}}, "Uploaded"),
-                    **_errors(400, 401, 405, 409, 413, 415),
+                    **_errors(400, 401, 405, 409, 413, 415, 500, 507),
                 },
                 {
                     "required": True,

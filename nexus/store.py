@@ -13,6 +13,7 @@ of a crash and is safe to remove.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
@@ -27,7 +28,7 @@ from typing import IO, Any
 
 import orjson
 
-from nexus.errors import BadInput, ModelBusy
+from nexus.errors import BadInput, ModelBusy, StorageFull, StorageNotWritable
 
 log = logging.getLogger("nexus.store")
 
@@ -83,6 +84,19 @@ def _lock_path(path: Path, create: bool) -> int | None:
         os.close(fd)
         if not create:
             return None
+
+
+@contextmanager
+def writing() -> Iterator[None]:
+    """Turn a write's OS error into an API error that says what is wrong with the directory."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull() from exc
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise StorageNotWritable() from exc
+        raise
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -166,13 +180,15 @@ class ModelStore:
 
     def new_pending(self) -> PendingFile:
         """Create a temporary file in the directory for an upload to stream into."""
-        return PendingFile(self.directory)
+        with writing():
+            return PendingFile(self.directory)
 
     @contextmanager
     def claim(self, model_id: str) -> Iterator[None]:
         """Be the only writer of ``model_id`` in every worker and replica, or raise ModelBusy."""
         path = self.directory / f".{check_id(model_id)}{_CLAIM_SUFFIX}"
-        fd = _lock_path(path, create=True)
+        with writing():
+            fd = _lock_path(path, create=True)
         if fd is None:
             raise ModelBusy(model_id)
         try:
@@ -183,12 +199,17 @@ class ModelStore:
 
     def publish(self, model_id: str, pending: PendingFile, sidecar: dict[str, Any]) -> None:
         """Move a pending upload into place as ``model_id``, then write its sidecar. Hold the claim."""
-        pending.file.flush()
-        os.fsync(pending.file.fileno())
-        os.replace(pending.path, self.model_path(model_id))
-        pending.published = True
-        self._write_sidecar(model_id, sidecar)
-        _fsync_dir(self.directory)
+        with writing():
+            pending.file.flush()
+            os.fsync(pending.file.fileno())
+            os.replace(pending.path, self.model_path(model_id))
+            pending.published = True
+            try:
+                self._write_sidecar(model_id, sidecar)
+            except BaseException:
+                self.model_path(model_id).unlink(missing_ok=True)  # no .onnx without its sidecar
+                raise
+            _fsync_dir(self.directory)
 
     def _write_sidecar(self, model_id: str, sidecar: dict[str, Any]) -> None:
         tmp = PendingFile(self.directory)

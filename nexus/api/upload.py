@@ -8,7 +8,7 @@ from nexus.api import nexus, require_token, text_field
 from nexus.errors import BadInput, UnsupportedMediaType
 from nexus.http import json_response
 from nexus.observability import metrics
-from nexus.store import PendingFile, check_id
+from nexus.store import PendingFile, check_id, writing
 
 bp = Blueprint("upload", __name__)
 
@@ -45,7 +45,8 @@ def upload():
 
 
 def _pending_file() -> PendingFile:
-    storage = request.files.get("file")
+    with writing():  # the multipart parser streams the file into the model directory here
+        storage = request.files.get("file")
     if storage is None:
         raise BadInput("field 'file' is missing; send the .onnx model as the multipart file field 'file'")
     pending = next(p for p in request.environ.get("nexus.pending", ()) if p.file is storage.stream)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 
 import pytest
 
@@ -157,3 +159,43 @@ def test_extra_file_parts_are_not_kept(client, model_dir):
             "id": "m", "name": "n", "version": "v"}
     assert client.post("/models/upload", data=data, content_type="multipart/form-data").status_code == 201
     assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
+
+
+def _fail_with(code):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+def test_a_full_disk_while_streaming_gets_507_and_leaves_nothing(client, model_dir, monkeypatch):
+    from nexus.store import PendingFile
+
+    real_init = PendingFile.__init__
+
+    def init_then_fill_up(self, directory):
+        real_init(self, directory)
+        self.file.write = _fail_with(errno.ENOSPC)
+
+    monkeypatch.setattr(PendingFile, "__init__", init_then_fill_up)
+    response = upload(client, models.identity(), "m")
+    assert_error(response, 507, "storage_full", "full")
+    assert files_in(model_dir) == []
+
+
+def test_a_full_disk_while_publishing_leaves_nothing(client, model_dir, monkeypatch):
+    from nexus import store
+
+    monkeypatch.setattr(store.ModelStore, "_write_sidecar", _fail_with(errno.ENOSPC))
+    assert_error(upload(client, models.identity(), "m"), 507, "storage_full", "full")
+    assert files_in(model_dir) == []
+
+
+def test_a_read_only_model_directory_gets_a_clear_500(client, model_dir, monkeypatch, upload_model):
+    from nexus import store
+
+    upload_model(models.identity(), "kept")
+    monkeypatch.setattr(store, "_lock_path", _fail_with(errno.EROFS))
+    assert_error(upload(client, models.identity(), "m"), 500, "storage_not_writable", "not writable")
+    assert_error(client.delete("/models/kept"), 500, "storage_not_writable", "not writable")
+    assert files_in(model_dir) == ["kept.model_info.json", "kept.onnx"]
