@@ -47,9 +47,19 @@ BY_ORT = {d.ort: d for d in DTYPES}
 BY_V2 = {d.v2: d for d in DTYPES}
 BY_ONNX = {d.onnx: d for d in DTYPES}
 
+try:  # numpy's own dtype and shape discovery, without allocating the array
+    from numpy._core._multiarray_umath import _discover_array_parameters as _discover
+except ImportError:  # another numpy: every value takes the exact path, correct but slower
+    _discover = None
+
 # Which kinds of inferred JSON arrays may be cast to which kinds of declared type.
-_ACCEPTED_KINDS = {"f": "fiu", "i": "iuf", "u": "iuf", "b": "b", "O": "U"}
+_ACCEPTED_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b", "O": "U"}
+# The same, as the Python types orjson gives JSON values, for the exact path.
+_ACCEPTED_TYPES = {"f": {float, int}, "i": {int, float}, "u": {int, float}, "b": {bool}, "O": {str}}
 _KIND_WORDS = {"f": "numbers", "i": "integers", "u": "non-negative integers", "b": "true/false", "O": "strings"}
+_TYPE_WORDS = {str: "strings", bool: "true/false", float: "numbers", int: "integers", type(None): "null"}
+_INFERRED_WORDS = {"U": "strings", "b": "true/false", "f": "numbers", "i": "integers", "u": "integers"}
+_RAGGED = "nested lists must be rectangular (all rows the same length)"
 
 
 def dtype_for(ort_type: str) -> DType | None:
@@ -65,59 +75,89 @@ def to_array(name: str, values: Any, dtype: DType) -> np.ndarray:
     """Turn JSON ``values`` (a number, string, bool or nested list) into an array of ``dtype``.
 
     Casting is strict: no strings to numbers, no null, no fractions to integers, no overflow.
+    Numbers take numpy's fast path. Anything numpy would store as fixed-width strings (count x
+    longest x 4 bytes: a body with one long string and many short ones would take gigabytes)
+    or as objects, and integers next to floats, take the exact path, whose memory stays
+    proportional to the body.
     """
     target = dtype.numpy
     if target is None:
         raise BadInput(f"input '{name}': element type {dtype.ort} is not supported over JSON")
+    if _discover is None:
+        return _exact(name, values, dtype)
     try:
-        raw = np.asarray(values)
-    except (ValueError, TypeError):
-        raise BadInput(f"input '{name}': nested lists must be rectangular (all rows the same length)") from None
-    kind = raw.dtype.kind
-    if kind == "O" and target.kind in "iu" and all(type(v) is int for v in raw.flat):
-        kind = "f"  # integers too large for int64/uint64: checked exactly by _to_integers
-    if raw.size == 0:
-        return raw.astype(target) if target.kind != "O" else raw.astype(object)
+        found, _ = _discover(values)
+    except ValueError:
+        raise BadInput(f"input '{name}': {_RAGGED}") from None
+    if found is None:  # no elements at all
+        return np.array(values, dtype=target)
+    kind = found.kind
+    if kind in "OUS" or (kind == "f" and target.kind in "iu"):
+        return _exact(name, values, dtype)
     if kind not in _ACCEPTED_KINDS[target.kind]:
-        raise BadInput(f"input '{name}' needs {_KIND_WORDS[target.kind]} ({dtype.ort}), got {_describe(raw)}")
-    if target.kind == "O":
-        return raw.astype(object)
-    if target.kind in "iu":
-        return _to_integers(name, raw, dtype, values)
-    if target.kind == "f" and kind == "f" and target.itemsize < 8:
+        raise BadInput(f"input '{name}' needs {_KIND_WORDS[target.kind]} ({dtype.ort}), got {_INFERRED_WORDS[kind]}")
+    if target.kind == "f":
         with np.errstate(over="ignore"):
-            cast = raw.astype(target)
-        if not np.isfinite(cast).all() and np.isfinite(raw).all():
+            array = np.asarray(values, dtype=target)
+        if not np.isfinite(array).all():  # JSON numbers are finite: this one did not fit the type
             raise BadInput(f"input '{name}': a value is out of range for {dtype.ort}")
-        return cast
+        return array
+    raw = np.asarray(values)
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if raw.min() < info.min or raw.max() > info.max:
+            raise BadInput(f"input '{name}': a value is out of range for {dtype.ort} [{info.min}, {info.max}]")
     return raw.astype(target)
 
 
-def _describe(raw: np.ndarray) -> str:
-    if raw.dtype.kind == "O":
-        if any(v is None for v in raw.flat):
-            return "null"
-        sample = next((v for v in raw.flat if not isinstance(v, (int, float))), 0)
-        return f"a {type(sample).__name__} value"
-    return {"U": "strings", "b": "true/false", "f": "numbers", "i": "integers", "u": "integers"}[raw.dtype.kind]
-
-
-def _to_integers(name: str, raw: np.ndarray, dtype: DType, values: Any) -> np.ndarray:
+def _exact(name: str, values: Any, dtype: DType) -> np.ndarray:
+    """Convert through an object array (pointers only) and Python's exact types."""
     target = dtype.numpy
-    assert target is not None
-    info = np.iinfo(target)
-    if raw.dtype.kind in "fO":
-        exact = np.asarray(values, dtype=object)
-        if all(type(v) is int for v in exact.flat):
-            # Integers beyond int64 made numpy infer floats; cast the exact Python ints instead.
-            if min(exact.flat) < info.min or max(exact.flat) > info.max:
-                raise BadInput(f"input '{name}': a value is out of range for {dtype.ort} [{info.min}, {info.max}]")
-            return exact.astype(target)
-        if not np.isfinite(raw).all() or (raw != np.floor(raw)).any():
-            raise BadInput(f"input '{name}' needs whole numbers ({dtype.ort}), got a fraction")
-    if raw.min() < info.min or raw.max() > info.max:
-        raise BadInput(f"input '{name}': a value is out of range for {dtype.ort} [{info.min}, {info.max}]")
-    return raw.astype(target)
+    try:
+        cells = np.array(values, dtype=object)
+    except ValueError:
+        raise BadInput(f"input '{name}': {_RAGGED}") from None
+    flat = cells.ravel().tolist()
+    types = set(map(type, flat))
+    if list in types:
+        raise BadInput(f"input '{name}': {_RAGGED}")
+    if not flat:
+        return cells.astype(target)
+    accepted = _ACCEPTED_TYPES[target.kind]
+    if not types <= accepted:
+        raise BadInput(f"input '{name}' needs {_KIND_WORDS[target.kind]} ({dtype.ort}), got {_describe(types - accepted)}")
+    if target.kind == "O":
+        return cells
+    if target.kind == "b":
+        return cells.astype(target)
+    if target.kind in "iu":
+        if float in types:
+            if not all(v.is_integer() for v in flat if type(v) is float):
+                raise BadInput(f"input '{name}' needs whole numbers ({dtype.ort}), got a fraction")
+            flat = [int(v) for v in flat]  # exact Python ints: no rounding through float64 next to big integers
+            cells = np.array(flat, dtype=object).reshape(cells.shape)
+        info = np.iinfo(target)
+        if min(flat) < info.min or max(flat) > info.max:
+            raise BadInput(f"input '{name}': a value is out of range for {dtype.ort} [{info.min}, {info.max}]")
+        return cells.astype(target)
+    try:
+        wide = cells.astype(np.float64)
+    except OverflowError:  # an integer beyond any float
+        raise BadInput(f"input '{name}': a value is out of range for {dtype.ort}") from None
+    with np.errstate(over="ignore"):
+        array = wide.astype(target)
+    if not np.isfinite(array).all():
+        raise BadInput(f"input '{name}': a value is out of range for {dtype.ort}")
+    return array
+
+
+def _describe(types: set[type]) -> str:
+    if type(None) in types:
+        return "null"
+    known = sorted(_TYPE_WORDS[t] for t in types if t in _TYPE_WORDS)
+    if known:
+        return " and ".join(known)
+    return f"a {next(iter(types)).__name__} value"
 
 
 def check_shape(name: str, shape: tuple[int, ...], declared: tuple[int, ...]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper
 
 from nexus.errors import BadInput
 from nexus.tensors import BY_ONNX, BY_ORT, BY_V2, DTYPES, check_shape, decode_features, encode_output, flatten_output, sample_shape, to_array
@@ -13,6 +14,23 @@ def test_the_table_is_consistent_in_every_direction():
     assert len({d.onnx for d in DTYPES}) == len({d.ort for d in DTYPES}) == len({d.v2 for d in DTYPES}) == len(DTYPES)
     for d in DTYPES:
         assert BY_ONNX[d.onnx] is BY_ORT[d.ort] is BY_V2[d.v2] is d
+    assert len(BY_ONNX) == len(BY_ORT) == len(BY_V2) == len(DTYPES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.v2)
+def test_each_row_agrees_with_onnx(dtype):
+    assert dtype.ort == f"tensor({TensorProto.DataType.Name(dtype.onnx).lower()})"
+    if dtype.numpy is not None and dtype.numpy != np.dtype(object):
+        assert helper.tensor_dtype_to_np_dtype(dtype.onnx) == dtype.numpy
+
+
+@pytest.mark.parametrize(
+    ("onnx_number", "ort", "v2"),
+    [(1, "tensor(float)", "FP32"), (7, "tensor(int64)", "INT64"), (8, "tensor(string)", "BYTES"), (9, "tensor(bool)", "BOOL"),
+     (10, "tensor(float16)", "FP16"), (11, "tensor(double)", "FP64")],
+)
+def test_the_seed_api_type_numbers(onnx_number, ort, v2):
+    assert BY_ONNX[onnx_number].ort == ort and BY_ONNX[onnx_number].v2 == v2
 
 
 @pytest.mark.parametrize(("v2", "numpy_type"), [("FP32", np.float32), ("FP64", np.float64), ("FP16", np.float16), ("INT8", np.int8),
@@ -25,17 +43,38 @@ def test_v2_names_map_to_numpy(v2, numpy_type):
     ("ort", "values", "words"),
     [
         ("tensor(float)", ["1"], "needs numbers"),
+        ("tensor(float)", ["a", "b"], "got strings"),
+        ("tensor(double)", ["1.5"], "needs numbers"),
+        ("tensor(int64)", ["1"], "needs integers"),
         ("tensor(float)", [None], "null"),
+        ("tensor(float)", [1.0, None], "null"),
+        ("tensor(float)", [[1.0, 2.0], [None, 3.0]], "null"),
+        ("tensor(int64)", [1, None], "null"),
+        ("tensor(string)", ["a", None], "null"),
         ("tensor(float)", [True], "needs numbers"),
+        ("tensor(int32)", [True], "needs integers"),
         ("tensor(float)", [1e39], "out of range"),
+        ("tensor(float)", [-1e39], "out of range"),
+        ("tensor(float16)", [70000.0], "out of range"),
         ("tensor(int32)", [1.5], "whole numbers"),
+        ("tensor(int64)", [2.000001], "whole numbers"),
         ("tensor(int8)", [128], "out of range"),
+        ("tensor(int8)", [-129], "out of range"),
         ("tensor(uint8)", [-1], "out of range"),
+        ("tensor(uint8)", [256], "out of range"),
+        ("tensor(int16)", [32768], "out of range"),
+        ("tensor(int64)", [2**63], "out of range"),
+        ("tensor(int64)", [2.0**63], "out of range"),
+        ("tensor(uint64)", [2.0**64], "out of range"),
         ("tensor(uint64)", [2**64], "out of range"),
         ("tensor(bool)", [1], "true/false"),
         ("tensor(string)", [1], "needs strings"),
+        ("tensor(float)", [{"a": 1}], "a dict value"),
         ("tensor(float)", [[1, 2], [3]], "rectangular"),
+        ("tensor(float)", [[1, 2], 3], "rectangular"),
+        ("tensor(string)", [["a", "b"], ["c"]], "rectangular"),
     ],
+    ids=lambda value: repr(value)[:40] if isinstance(value, list) else None,
 )
 def test_strict_casts_name_the_input(ort, values, words):
     with pytest.raises(BadInput, match=words) as info:
@@ -43,12 +82,45 @@ def test_strict_casts_name_the_input(ort, values, words):
     assert "input 'X'" in info.value.message
 
 
-def test_casts_that_are_exact_are_accepted():
-    assert to_array("X", [1, 2.0], BY_ORT["tensor(int64)"]).tolist() == [1, 2]
-    assert to_array("X", [0, 2**64 - 1], BY_ORT["tensor(uint64)"]).tolist() == [0, 2**64 - 1]
-    assert to_array("X", [[0, 1], [2, 2**64 - 1]], BY_ORT["tensor(uint64)"]).tolist() == [[0, 1], [2, 2**64 - 1]]
-    assert to_array("X", ["a", "b"], BY_ORT["tensor(string)"]).dtype == object
-    assert to_array("X", [1, 2], BY_ORT["tensor(float16)"]).dtype == np.float16
+@pytest.mark.parametrize(
+    ("ort", "values", "expected"),
+    [
+        ("tensor(float)", [1, 2.5], [1.0, 2.5]),
+        ("tensor(double)", [1e300, -2], [1e300, -2.0]),
+        ("tensor(float16)", [1, 2], [1.0, 2.0]),
+        ("tensor(int64)", [1, 2.0], [1, 2]),
+        ("tensor(int8)", [-128, 127], [-128, 127]),
+        ("tensor(uint8)", [0, 255], [0, 255]),
+        ("tensor(int64)", [-(2**63), 2**63 - 1], [-(2**63), 2**63 - 1]),
+        ("tensor(uint64)", [0, 2**64 - 1], [0, 2**64 - 1]),
+        ("tensor(uint64)", [[0, 1], [2, 2**64 - 1]], [[0, 1], [2, 2**64 - 1]]),
+        ("tensor(bool)", [True, False], [True, False]),
+        ("tensor(string)", ["a", "ünï", ""], ["a", "ünï", ""]),
+        ("tensor(string)", [["a"], ["b"]], [["a"], ["b"]]),
+    ],
+)
+def test_casts_that_are_exact_are_accepted(ort, values, expected):
+    array = to_array("X", values, BY_ORT[ort])
+    assert array.dtype == BY_ORT[ort].numpy
+    assert array.tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("ort", "values"),
+    [("tensor(int64)", [2**63 - 1, 2.0]), ("tensor(uint64)", [2**64 - 1, 2.0]), ("tensor(int64)", [2**53 + 1, 2.0])],
+    ids=lambda value: repr(value) if isinstance(value, list) else None,
+)
+def test_big_integers_next_to_whole_floats_are_exact_or_refused(ort, values):
+    try:
+        array = to_array("X", values, BY_ORT[ort])
+    except BadInput:
+        return
+    assert array.tolist() == [int(v) for v in values]
+
+
+def test_an_element_type_without_numpy_is_refused_by_name():
+    with pytest.raises(BadInput, match=r"tensor\(bfloat16\) is not supported"):
+        to_array("X", [1.0], BY_ORT["tensor(bfloat16)"])
 
 
 @pytest.mark.parametrize(
@@ -65,16 +137,35 @@ def test_a_flat_list_is_one_sample(count, declared, shape):
      (3, (4,), "needs 4 values, got 3"), (2, (), "scalar")],
 )
 def test_a_flat_list_that_does_not_fit(count, declared, words):
-    with pytest.raises(BadInput, match=words):
+    with pytest.raises(BadInput, match=words) as info:
         sample_shape("X", count, declared)
+    assert info.value.message.startswith("input 'X'")
 
 
-def test_nested_shapes_are_checked():
-    check_shape("X", (2, 4), (-1, 4))
-    with pytest.raises(BadInput, match=r"expects shape \[-1, 4\], got \[2, 3\]"):
-        check_shape("X", (2, 3), (-1, 4))
-    with pytest.raises(BadInput, match="expects shape"):
-        check_shape("X", (4,), (-1, 4))
+def test_a_count_mismatch_says_the_shape_and_both_counts():
+    with pytest.raises(BadInput) as info:
+        sample_shape("X", 3, (-1, 4))
+    assert info.value.message == "input 'X': shape [1, 4] needs 4 values, got 3"
+
+
+@pytest.mark.parametrize(("shape", "declared"), [((2, 4), (-1, 4)), ((1, 4), (1, 4)), ((3, 2, 5), (-1, -1, 5)), ((), ())])
+def test_shapes_that_fit_pass(shape, declared):
+    check_shape("X", shape, declared)
+
+
+@pytest.mark.parametrize(
+    ("shape", "declared", "message"),
+    [
+        ((2, 3), (-1, 4), "input 'X' expects shape [-1, 4], got [2, 3]"),
+        ((4,), (-1, 4), "input 'X' expects shape [-1, 4], got [4]"),
+        ((1, 1, 4), (-1, 4), "input 'X' expects shape [-1, 4], got [1, 1, 4]"),
+        ((2, 4), (1, 4), "input 'X' expects shape [1, 4], got [2, 4]"),
+    ],
+)
+def test_shapes_that_do_not_fit_say_both_shapes(shape, declared, message):
+    with pytest.raises(BadInput) as info:
+        check_shape("X", shape, declared)
+    assert info.value.message == message
 
 
 def test_decode_features_reshapes_flat_and_keeps_nested():
@@ -85,10 +176,40 @@ def test_decode_features_reshapes_flat_and_keeps_nested():
         decode_features("X", 3, float32, (-1, 4))
 
 
-def test_outputs_are_encoded_for_json():
-    assert encode_output(np.array(["a", "b"], dtype=object)) == ["a", "b"]
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (np.array(["a", "b"], dtype=object), ["a", "b"]),
+        (np.array([["a"], ["b"]], dtype=object), [["a"], ["b"]]),
+        (np.array([1, 2], dtype=">i4"), [1, 2]),
+    ],
+)
+def test_strings_and_foreign_byte_orders_become_lists(value, expected):
+    assert encode_output(value) == expected
+
+
+def test_numeric_outputs_stay_contiguous_arrays():
+    plain = np.arange(4, dtype=np.float32)
+    assert encode_output(plain) is plain
     transposed = np.arange(6, dtype=np.float32).reshape(2, 3).T
-    assert encode_output(transposed).flags.c_contiguous
-    assert flatten_output(np.arange(4).reshape(2, 2)).tolist() == [0, 1, 2, 3]
+    encoded = encode_output(transposed)
+    assert encoded.flags.c_contiguous and encoded.tolist() == transposed.tolist()
+
+
+def test_maps_and_sequences_pass_through():
     maps = [{0: 0.5, 1: 0.5}]
-    assert flatten_output(maps) is maps
+    assert encode_output(maps) is maps and flatten_output(maps) is maps
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (np.arange(4).reshape(2, 2), [0, 1, 2, 3]),
+        (np.array([[1.5]], dtype=np.float32), [1.5]),
+        (np.array([["a", "b"], ["c", "d"]], dtype=object), ["a", "b", "c", "d"]),
+        (np.array(7, dtype=np.int64), [7]),
+    ],
+)
+def test_flatten_output_is_one_flat_list(value, expected):
+    flat = flatten_output(value)
+    assert (flat.tolist() if isinstance(flat, np.ndarray) else flat) == expected
