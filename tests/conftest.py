@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,24 @@ def files_in(directory: Path) -> list[str]:
 def iris_bytes() -> bytes:
     """The skl2onnx iris classifier (label + ZipMap probabilities), built once per session."""
     return models.iris_classifier()
+
+
+def strict_json(response):
+    """Parse a response body as standard JSON: NaN and Infinity are refused, not read as floats."""
+
+    def refuse(constant: str):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(response.get_data(as_text=True), parse_constant=refuse)
+
+
+def assert_error(response, status: int, code: str, words: str) -> dict:
+    """Assert the JSON error shape every refusal has: status, code, a message with ``words``, the request id."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = strict_json(response)
+    assert set(body) == {"error", "code", "request_id"}, body
+    assert body["code"] == code, body
+    assert isinstance(body["error"], str) and words in body["error"], body["error"]
+    assert isinstance(body["request_id"], str) and body["request_id"] == response.headers["X-Request-ID"]
+    return body

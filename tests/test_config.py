@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -45,17 +46,39 @@ def test_bad_values_name_the_variable(name, value):
         from_env({name: value}, dotenv=None)
 
 
-@pytest.mark.parametrize(("workers", "expected_max"), [("1", None), ("2", None), ("64", 1)])
-def test_default_threads_share_the_cores(workers, expected_max):
-    import os
-
-    threads = default_ort_threads({"WEB_CONCURRENCY": workers})
-    assert threads >= 1 and threads * int(workers) <= max(os.cpu_count() or 1, int(workers))
-    if expected_max:
-        assert threads == expected_max
+def test_a_bad_value_in_the_dotenv_file_names_the_variable(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("NEXUS_ORT_THREADS=many\n")
+    with pytest.raises(ConfigError, match="NEXUS_ORT_THREADS='many'"):
+        from_env({}, dotenv=dotenv)
+    assert from_env({"NEXUS_ORT_THREADS": "2"}, dotenv=dotenv).ort_threads == 2  # the environment wins
 
 
-def test_overrides_reject_unknown_names():
-    assert with_overrides(Settings(), {"model_dir": "x"}).model_dir == Path("x")
-    with pytest.raises(ConfigError, match="nope"):
-        with_overrides(Settings(), {"nope": 1})
+@pytest.mark.parametrize(
+    ("cores", "web_concurrency", "threads"),
+    [(8, "1", 8), (8, "2", 4), (8, "3", 2), (8, "8", 1), (8, "64", 1), (8, None, 1), (8, "junk", 1), (8, "", 1), (1, "4", 1), (None, "2", 1)],
+)
+def test_default_threads_share_the_cores(monkeypatch, cores, web_concurrency, threads):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    environ = {} if web_concurrency is None else {"WEB_CONCURRENCY": web_concurrency}
+    assert default_ort_threads(environ) == threads
+    workers = int(web_concurrency) if (web_concurrency or "").isdigit() else (cores or 1)
+    assert threads * workers <= max(cores or 1, workers)
+
+
+def test_from_env_uses_the_share_unless_threads_are_set(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert from_env({"WEB_CONCURRENCY": "4"}, dotenv=None).ort_threads == 2
+    assert from_env({"WEB_CONCURRENCY": "4", "NEXUS_ORT_THREADS": "3"}, dotenv=None).ort_threads == 3
+
+
+def test_overrides_replace_known_fields_and_keep_the_rest():
+    settings = with_overrides(Settings(max_request_mb=5), {"model_dir": "x", "api_token": "t"})
+    assert settings.model_dir == Path("x") and settings.api_token == "t" and settings.max_request_mb == 5
+
+
+@pytest.mark.parametrize("overrides", [{"nope": 1}, {"model_dir": "x", "nope": 1}, {"MAX_UPLOAD_MB": 1}])
+def test_overrides_reject_unknown_names(overrides):
+    unknown = next(k for k in overrides if k != "model_dir")
+    with pytest.raises(ConfigError, match=f"unknown setting.*{unknown}"):
+        with_overrides(Settings(), overrides)

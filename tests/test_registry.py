@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import numpy as np
@@ -97,11 +99,53 @@ def test_duplicate_upload_is_refused_and_a_held_claim_is_busy(workers):
         publish(b, "n", models.identity())
 
 
-def test_bad_files_are_skipped_and_the_rest_load(model_dir):
+def _corrupt_sidecar(model_dir):
+    (model_dir / "bad.model_info.json").write_text("{not json")
+
+
+def _sidecar_not_an_object(model_dir):
+    (model_dir / "bad.model_info.json").write_text("[1, 2]")
+
+
+def _model_file_missing(model_dir):
+    (model_dir / "bad.onnx").unlink()
+
+
+def _model_file_not_a_model(model_dir):
+    (model_dir / "bad.onnx").write_bytes(b"not a model")
+    sidecar = json.loads((model_dir / "bad.model_info.json").read_text())
+    sidecar["sha256"] = hashlib.sha256(b"not a model").hexdigest()
+    (model_dir / "bad.model_info.json").write_text(json.dumps(sidecar))
+
+
+def _sha256_mismatch(model_dir):
+    (model_dir / "bad.onnx").write_bytes(models.add_mul())
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [(_corrupt_sidecar, "not valid JSON"), (_sidecar_not_an_object, "not a JSON object"), (_model_file_missing, "missing"),
+     (_model_file_not_a_model, "not an ONNX model"), (_sha256_mismatch, "sha256")],
+    ids=["corrupt-sidecar", "sidecar-not-an-object", "onnx-missing", "onnx-not-a-model", "sha256-mismatch"],
+)
+def test_a_damaged_model_is_skipped_and_the_others_load(model_dir, damage, reason):
+    writer = Registry(ModelStore(model_dir), 1)
+    publish(writer, "ok", models.identity())
+    publish(writer, "bad", models.identity())
+    damage(model_dir)
+    fresh = Registry(ModelStore(model_dir), 1)
+    assert [m.id for m in fresh.models()] == ["ok"]
+    with pytest.raises(ModelNotFound):
+        fresh.get("bad")
+    assert fresh.get("ok").id == "ok"
+    rows = {row["name"]: row for row in fresh.index()}
+    assert rows["ok"]["state"] == "READY"
+    assert rows["bad"]["state"] == "UNAVAILABLE" and reason in rows["bad"]["reason"]
+
+
+def test_bad_files_without_a_writer_are_skipped_and_the_rest_load(model_dir):
     good = Registry(ModelStore(model_dir), 1)
     publish(good, "ok", models.identity())
-    publish(good, "tampered", models.identity())
-    (model_dir / "tampered.onnx").write_bytes(models.add_mul())  # no longer matches its sha256
     (model_dir / "garbled.model_info.json").write_text("{")
     (model_dir / "garbled.onnx").write_bytes(models.identity())
     (model_dir / "lonely.model_info.json").write_text('{"id": "lonely"}')
@@ -110,8 +154,19 @@ def test_bad_files_are_skipped_and_the_rest_load(model_dir):
     fresh = Registry(ModelStore(model_dir), 1)
     assert [m.id for m in fresh.models()] == ["ok"]
     reasons = {row["name"]: row.get("reason", "") for row in fresh.index()}
-    assert "sha256" in reasons["tampered"] and "JSON" in reasons["garbled"]
-    assert "missing" in reasons["lonely"] and "not" in reasons["junk"]
+    assert "JSON" in reasons["garbled"] and "missing" in reasons["lonely"] and "not" in reasons["junk"]
+
+
+def test_a_damaged_model_that_is_repaired_loads_again(model_dir):
+    writer = Registry(ModelStore(model_dir), 1)
+    publish(writer, "m", models.identity())
+    reader = Registry(ModelStore(model_dir), 1)
+    good = (model_dir / "m.onnx").read_bytes()
+    (model_dir / "m.onnx").write_bytes(b"garbage")
+    with pytest.raises(ModelNotFound):
+        reader.get("m")
+    (model_dir / "m.onnx").write_bytes(good)
+    assert reader.get("m").id == "m"
 
 
 def test_sessions_made_before_a_fork_are_not_used_after_it(workers, monkeypatch):

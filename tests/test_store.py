@@ -39,6 +39,30 @@ def test_a_claim_is_exclusive_and_released(store, model_dir):
         pass
 
 
+def test_a_claim_excludes_another_store_on_the_same_directory(store, model_dir):
+    other_worker = ModelStore(model_dir)
+    with store.claim("m"):
+        with pytest.raises(ModelBusy, match="model 'm' is being written"), other_worker.claim("m"):
+            pass
+    with other_worker.claim("m"):
+        assert files_in(model_dir) == [".m.claim"]
+    assert files_in(model_dir) == []
+
+
+def test_a_claim_is_released_when_the_work_fails(store, model_dir):
+    with pytest.raises(RuntimeError), store.claim("m"):
+        raise RuntimeError("upload failed")
+    assert files_in(model_dir) == []
+    with store.claim("m"):
+        pass
+
+
+def test_a_claim_checks_the_id(store, model_dir):
+    with pytest.raises(BadInput), store.claim("../m"):
+        pass
+    assert files_in(model_dir) == []
+
+
 def _publish(store, model_id: str, data: bytes):
     pending = store.new_pending()
     pending.file.write(data)
@@ -51,14 +75,24 @@ def test_publish_places_model_then_sidecar_and_leaves_no_hidden_file(store, mode
     _publish(store, "m", models.identity())
     assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
     assert store.exists("m") and store.read_model("m") == models.identity()
+    assert store.read_sidecar("m") == {"id": "m"}
     assert [s.model_id for s in store.scan()] == ["m"]
+
+
+def test_a_model_without_its_sidecar_is_not_visible(store, model_dir):
+    (model_dir / "half.onnx").write_bytes(models.identity())
+    assert not store.exists("half") and store.scan() == []
 
 
 def test_remove_deletes_both_files(store, model_dir):
     _publish(store, "m", models.identity())
+    _publish(store, "other", models.identity())
     with store.claim("m"):
         store.remove("m")
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == ["other.model_info.json", "other.onnx"]
+    assert not store.exists("m")
+    with store.claim("m"):
+        store.remove("m")  # removing what is gone is harmless
 
 
 def test_a_discarded_pending_file_is_removed(store, model_dir):
@@ -105,13 +139,20 @@ def test_read_sidecar_rejects_garbage_and_a_foreign_id(store, model_dir):
             store.read_sidecar(model_id)
 
 
-@pytest.mark.parametrize(("data", "external"), [(models.external_data(), True), (models.identity(), False), (models.add_mul(), False)])
-def test_external_data_scan(data, external, iris_bytes):
+@pytest.mark.parametrize(
+    ("data", "external"),
+    [(models.external_data(), True), (models.identity(), False), (models.add_mul(), False), (models.linear()[0], False)],
+    ids=["external_data", "identity", "add_mul", "linear"],
+)
+def test_external_data_scan(data, external):
     assert uses_external_data(data) is external
+
+
+def test_the_iris_classifier_has_no_external_data(iris_bytes):
     assert uses_external_data(iris_bytes) is False
 
 
-@pytest.mark.parametrize("garbage", [b"\xff" * 10, b"\x0a\xff\xff\xff\xff\x0f", b"\x0f"])
+@pytest.mark.parametrize("garbage", [b"\xff" * 10, b"\x0a\xff\xff\xff\xff\x0f", b"\x0f", b"\x3a\x10abc"])
 def test_external_data_scan_rejects_malformed_protobuf(garbage):
     with pytest.raises(ProtobufError):
         uses_external_data(garbage)

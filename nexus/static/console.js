@@ -9,6 +9,23 @@ function authHeaders() {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
+// A 401 means the server wants its API token: say so and put the cursor in the token field.
+function tokenHint(status) {
+  if (status !== 401) return "";
+  $("token").focus();
+  return $("token").value.trim() ? " (the API token entered is not the server's)" : " (enter the server's API token in the upload form and try again)";
+}
+
+// The status in words, the same whoever answered (Flask, the hot routes, a proxy; HTTP/2 has no reason phrase).
+const STATUS = {
+  400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+  413: "Too Large", 415: "Unsupported Media Type", 500: "Server Error", 502: "Bad Gateway", 503: "Not Ready",
+  504: "Gateway Timeout", 507: "Storage Full",
+};
+function statusLine(status, reason) {
+  return `${status} ${STATUS[status] || reason || "Error"}`;
+}
+
 // Turn a failed response into one readable sentence: "409 Conflict: model 'x' is already registered".
 async function explain(response) {
   let detail = "";
@@ -16,9 +33,9 @@ async function explain(response) {
     const body = await response.json();
     detail = body.error || JSON.stringify(body);
   } catch (_) {
-    detail = response.statusText;
+    detail = "the answer carried no JSON error";
   }
-  return `${response.status} ${response.statusText}: ${detail}`;
+  return `${statusLine(response.status, response.statusText)}: ${detail}${tokenHint(response.status)}`;
 }
 
 function formatSize(bytes) {
@@ -111,9 +128,28 @@ function exampleRequest(model) {
   return { model_id: model.id, inputs };
 }
 
-// Pretty JSON with arrays of plain values kept on one line: [[0, 0, 0, 0]], not one value a line.
-function compactJson(value) {
-  return JSON.stringify(value, null, 2).replace(/\[[^\[\]{}]*\]/g, (array) => array.replace(/\s*\n\s*/g, " ").replace(/\[ /, "[").replace(/ \]/, "]"));
+// JSON on one line with spaces: [[0, 0, 0, 0]], {"0": 0.98, "1": 0.02}.
+function oneLine(value) {
+  if (Array.isArray(value)) return `[${value.map(oneLine).join(", ")}]`;
+  if (value !== null && typeof value === "object") {
+    return `{${Object.entries(value).map(([key, item]) => `${JSON.stringify(key)}: ${oneLine(item)}`).join(", ")}}`;
+  }
+  return JSON.stringify(value) ?? "null";
+}
+
+// Readable JSON: the top-level object one field a line, anything short or holding only plain values on one line.
+function compactJson(value, indent = "") {
+  if (value === null || typeof value !== "object") return oneLine(value);
+  const plain = Object.values(value).every((item) => item === null || typeof item !== "object");
+  const line = oneLine(value);
+  if (indent !== "" && (plain || indent.length + line.length <= 72)) return line;
+  const inner = `${indent}  `;
+  const items = Array.isArray(value)
+    ? value.map((item) => inner + compactJson(item, inner))
+    : Object.entries(value).map(([key, item]) => `${inner}${JSON.stringify(key)}: ${compactJson(item, inner)}`);
+  if (items.length === 0) return line;
+  const [open, close] = Array.isArray(value) ? ["[", "]"] : ["{", "}"];
+  return `${open}\n${items.join(",\n")}\n${indent}${close}`;
 }
 
 function fillTable(id, tensors) {
@@ -128,8 +164,9 @@ function fillTable(id, tensors) {
   }
 }
 
+// The request shown, as a curl command; the token itself is never written out, only $NEXUS_API_TOKEN.
 function updateCurl() {
-  const auth = $("token").value.trim() ? ` \\\n  -H 'Authorization: Bearer ${$("token").value.trim()}'` : "";
+  const auth = $("token").value.trim() ? ` \\\n  -H "Authorization: Bearer $NEXUS_API_TOKEN"` : "";
   const body = $("request").value.replace(/\s*\n\s*/g, " ").replace(/'/g, "'\\''");
   $("curl").value = `curl -X POST ${window.location.origin}/predict \\\n  -H 'Content-Type: application/json'${auth} \\\n  -d '${body}'`;
 }
@@ -182,7 +219,7 @@ async function predict() {
     const result = await response.json();
     $("response-meta").className = "muted";
     $("response-meta").textContent = `prediction ${JSON.stringify(result.prediction)} · ${result.latency_ms} ms · request ${result.request_id}`;
-    $("response").textContent = JSON.stringify(result, null, 2);
+    $("response").textContent = compactJson(result);
   } catch (error) {
     $("response-meta").className = "error";
     $("response-meta").textContent = `The server did not answer: ${error.message}`;
@@ -221,12 +258,12 @@ function upload(event) {
     if (request.status === 201) {
       message.className = "ok";
       message.textContent = `Uploaded ${body.model.id} (${body.model.name} ${body.model.version}).`;
-      form.reset();
+      for (const id of ["upload-file", "upload-id", "upload-name", "upload-version"]) $(id).value = ""; // the token stays
       await refreshModels();
       openModel(body.model.id);
     } else {
       message.className = "error";
-      message.textContent = `Refused: ${request.status} ${request.statusText}: ${body.error || "unknown error"}`;
+      message.textContent = `Refused: ${statusLine(request.status, request.statusText)}: ${body.error || "unknown error"}${tokenHint(request.status)}`;
     }
   });
   request.addEventListener("error", () => {
@@ -246,6 +283,7 @@ function upload(event) {
 function askDelete() {
   if (!current) return;
   $("confirm-id").textContent = current.id;
+  $("confirm-delete").returnValue = ""; // Escape keeps the last answer otherwise: a failed "delete" would repeat
   $("confirm-delete").showModal();
 }
 
@@ -271,6 +309,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("predict").addEventListener("click", predict);
   $("request").addEventListener("input", updateCurl);
   $("token").addEventListener("input", () => current && updateCurl());
+  $("token").addEventListener("change", refreshModels); // servers with NEXUS_PROTECT_PREDICT=1 list models only with it
   $("delete").addEventListener("click", askDelete);
   $("confirm-delete").addEventListener("close", confirmDelete);
   refreshStatus();

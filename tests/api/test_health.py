@@ -1,17 +1,25 @@
-"""Health routes and Werkzeug's own errors, always JSON."""
+"""GET /health, /health/live and /health/ready."""
 
 from __future__ import annotations
 
 import re
 
-import pytest
+from tests.conftest import TOKEN, assert_error, strict_json
 
-from tests.api.test_upload import assert_error
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-def test_health_is_the_seed_shape(client):
-    body = client.get("/health").get_json()
-    assert body["status"] == "ok" and re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", body["timestamp"])
+def test_health_is_ok_with_an_rfc3339_utc_timestamp(client):
+    response = client.get("/health")
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    body = strict_json(response)
+    assert set(body) == {"status", "timestamp"}
+    assert body["status"] == "ok" and RFC3339_UTC.match(body["timestamp"])
+
+
+def test_health_needs_no_token_even_when_everything_else_does(make_app):
+    client = make_app(api_token=TOKEN, protect_predict=True).test_client()
+    assert client.get("/health").status_code == 200 and client.get("/health/live").status_code == 200
 
 
 def test_live_never_depends_on_the_models(client):
@@ -23,17 +31,3 @@ def test_ready_waits_for_the_first_load(app, client):
     app.extensions["nexus"].registry.sync()
     body = client.get("/health/ready").get_json()
     assert body["status"] == "ready" and body["models"] == 0
-
-
-@pytest.mark.parametrize(("method", "url", "status", "code"), [
-    ("GET", "/nope", 404, "not_found"),
-    ("GET", "/models/upload/extra", 404, "not_found"),
-    ("PUT", "/models/upload", 405, "method_not_allowed"),
-    ("POST", "/health", 405, "method_not_allowed"),
-    ("PATCH", "/models/m", 405, "method_not_allowed"),
-])
-def test_routing_errors_are_json(client, method, url, status, code):
-    response = client.open(url, method=method)
-    assert response.status_code == status and response.mimetype == "application/json"
-    assert response.get_json()["code"] == code
-    assert b"<html" not in response.data.lower()

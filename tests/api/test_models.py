@@ -7,8 +7,7 @@ import hashlib
 import pytest
 
 from tests import models
-from tests.api.test_upload import assert_error
-from tests.conftest import TOKEN, files_in, upload
+from tests.conftest import TOKEN, assert_error, files_in, strict_json, upload
 
 
 def test_list_is_sorted_by_id_with_a_count(client, upload_model):
@@ -37,35 +36,69 @@ def test_details_by_path_and_by_query(client, upload_model, url):
 
 
 @pytest.mark.parametrize(
-    ("url", "status", "code"),
-    [("/models/ghost", 404, "model_not_found"), ("/models/info?id=ghost", 404, "model_not_found"),
-     ("/models/info", 400, "bad_input"), ("/models/a%20b", 400, "bad_input"), ("/models/.hidden", 400, "bad_input")],
+    ("url", "status", "code", "words"),
+    [
+        ("/models/ghost", 404, "model_not_found", "model 'ghost' is not registered"),
+        ("/models/info?id=ghost", 404, "model_not_found", "model 'ghost' is not registered"),
+        ("/models/info", 400, "bad_input", "query parameter 'id' is missing"),
+        ("/models/info?id=", 400, "bad_input", "query parameter 'id' is missing"),
+        ("/models/info?id=a%20b", 400, "bad_input", "invalid model id 'a b'"),
+        ("/models/info?id=..%2Fx", 400, "bad_input", "invalid model id '../x'"),
+        ("/models/a%20b", 400, "bad_input", "invalid model id 'a b'"),
+        ("/models/.hidden", 400, "bad_input", "invalid model id '.hidden'"),
+        ("/models/%C3%BCni", 400, "bad_input", "invalid model id"),
+        ("/models/..%2Fx", 404, "not_found", "no such route"),
+    ],
 )
-def test_details_errors(client, url, status, code):
-    response = client.get(url)
-    assert response.status_code == status and response.get_json()["code"] == code
+def test_details_errors(client, upload_model, model_dir, url, status, code, words):
+    upload_model(models.identity(), "m")
+    before = files_in(model_dir)
+    assert_error(client.get(url), status, code, words)
+    assert files_in(model_dir) == before
 
 
 def test_delete_removes_both_files_and_the_model(client, upload_model, model_dir):
     upload_model(models.identity(), "m")
     upload_model(models.identity(), "keep")
     response = client.delete("/models/m")
-    assert response.status_code == 200 and response.get_json() == {"deleted": "m"}
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    assert strict_json(response) == {"deleted": "m"}
     assert files_in(model_dir) == ["keep.model_info.json", "keep.onnx"]
-    assert client.post("/predict", json={"model_id": "m", "features": [1, 2, 3, 4]}).status_code == 404
+    gone = client.post("/predict", json={"model_id": "m", "features": [1, 2, 3, 4]})
+    assert_error(gone, 404, "model_not_found", "model 'm' is not registered")
+    assert_error(client.get("/models/m"), 404, "model_not_found", "model 'm' is not registered")
     assert [m["id"] for m in client.get("/models").get_json()["models"]] == ["keep"]
 
 
-def test_delete_unknown_is_404(client, model_dir):
-    assert_error(client.delete("/models/ghost"), 404, "model_not_found", "'ghost'")
+@pytest.mark.parametrize(
+    ("url", "status", "code", "words"),
+    [("/models/ghost", 404, "model_not_found", "model 'ghost' is not registered"),
+     ("/models/a%20b", 400, "bad_input", "invalid model id 'a b'"),
+     ("/models/..%2Fm.onnx", 404, "not_found", "no such route")],
+)
+def test_delete_of_an_unknown_or_invalid_id_is_refused(client, upload_model, model_dir, url, status, code, words):
+    upload_model(models.identity(), "m")
+    before = files_in(model_dir)
+    assert_error(client.delete(url), status, code, words)
+    assert files_in(model_dir) == before
+
+
+def test_delete_twice_is_404_the_second_time(client, upload_model, model_dir):
+    upload_model(models.identity(), "m")
+    assert client.delete("/models/m").status_code == 200
+    assert_error(client.delete("/models/m"), 404, "model_not_found", "model 'm' is not registered")
     assert files_in(model_dir) == []
 
 
 def test_delete_needs_the_token_when_set(make_app, model_dir):
     client = make_app(api_token=TOKEN).test_client()
     upload(client, models.identity(), "m", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert_error(client.delete("/models/m"), 401, "unauthorized", "Bearer")
+    refused = client.delete("/models/m")
+    assert_error(refused, 401, "unauthorized", "Bearer")
+    assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    assert_error(client.delete("/models/m", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized", "Bearer")
     assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
+    assert client.post("/predict", json={"model_id": "m", "features": [1, 2, 3, 4]}).status_code == 200
     assert client.delete("/models/m", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert files_in(model_dir) == []
 

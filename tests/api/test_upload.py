@@ -8,18 +8,10 @@ import io
 import os
 
 import pytest
+from onnx import TensorProto, helper
 
 from tests import models
-from tests.conftest import TOKEN, files_in, upload
-
-
-def assert_error(response, status: int, code: str, words: str) -> None:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    body = response.get_json()
-    assert body["code"] == code
-    assert words in body["error"], body["error"]
-    assert body["request_id"] == response.headers["X-Request-ID"]
+from tests.conftest import TOKEN, assert_error, files_in, upload
 
 
 def test_upload_returns_201_with_model_and_tensor_info(client, model_dir, iris_bytes):
@@ -63,7 +55,9 @@ MISSING = [
     ({"file": True, "name": "n", "version": "v"}, "field 'id' is missing"),
     ({"file": True, "id": "m", "version": "v"}, "field 'name' is missing"),
     ({"file": True, "id": "m", "name": "n"}, "field 'version' is missing"),
+    ({"file": True, "id": "m", "name": "", "version": "v"}, "field 'name' must be a non-empty string"),
     ({"file": True, "id": "m", "name": "  ", "version": "v"}, "field 'name' must be a non-empty string"),
+    ({"file": True, "id": "m", "name": "n", "version": ""}, "field 'version' must be a non-empty string"),
     ({"file": True, "id": "m", "name": "n" * 201, "version": "v"}, "the limit is 200"),
     ({"file": True, "id": "m", "name": "n", "version": "v" * 65}, "the limit is 64"),
 ]
@@ -79,12 +73,34 @@ def test_missing_or_bad_fields_get_400_and_leave_nothing(client, model_dir, fiel
     assert files_in(model_dir) == []
 
 
-@pytest.mark.parametrize("bad_id", ["", ".hidden", "../escape", "a/b", "a b", "x" * 65, "ünï", "a\\b", "%2e%2e"])
-def test_invalid_ids_get_400_and_leave_nothing(client, model_dir, bad_id):
+@pytest.mark.parametrize(
+    ("bad_id", "words"),
+    [
+        ("", "field 'id' must be a non-empty string"),
+        (".hidden", "invalid model id '.hidden'"),
+        ("../escape", "invalid model id '../escape'"),
+        ("a/b", "invalid model id 'a/b'"),
+        ("a b", "invalid model id 'a b'"),
+        ("x" * 65, "the limit is 64"),
+        ("ünï", "invalid model id 'ünï'"),
+        ("a\\b", "invalid model id"),
+        ("%2e%2e", "invalid model id '%2e%2e'"),
+    ],
+)
+def test_invalid_ids_get_400_and_leave_nothing(client, model_dir, bad_id, words):
     response = upload(client, models.identity(), bad_id)
-    assert response.status_code == 400 and response.get_json()["code"] == "bad_input"
+    body = assert_error(response, 400, "bad_input", words)
+    if bad_id:
+        assert "1-64 characters of A-Z a-z 0-9 . _ -" in body["error"] or "limit" in body["error"]
     assert files_in(model_dir) == []
     assert not any(model_dir.parent.glob("escape*"))
+
+
+@pytest.mark.parametrize("good_id", ["iris", "a.b-c_1", "x" * 64])
+def test_valid_ids_are_accepted_as_given(client, model_dir, good_id):
+    response = upload(client, models.identity(), good_id)
+    assert response.status_code == 201 and response.get_json()["model"]["id"] == good_id
+    assert files_in(model_dir) == [f"{good_id}.model_info.json", f"{good_id}.onnx"]
 
 
 def test_empty_file_is_refused(client, model_dir):
@@ -105,6 +121,16 @@ def test_files_that_are_not_models_get_400_invalid_model(client, model_dir, data
     assert files_in(model_dir) == []
 
 
+def test_a_model_onnxruntime_cannot_load_is_refused_with_its_reason(client, model_dir):
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["X"], ["Y"])], "g",
+                              [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1])])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    response = upload(client, data, "weird")
+    assert_error(response, 400, "invalid_model", "NoSuchOp")
+    assert files_in(model_dir) == []
+
+
 def test_external_data_models_are_refused(client, model_dir, iris_bytes):
     upload(client, iris_bytes, "iris")
     before = files_in(model_dir)
@@ -114,25 +140,40 @@ def test_external_data_models_are_refused(client, model_dir, iris_bytes):
 
 def test_same_id_twice_returns_409_and_keeps_first(client, model_dir):
     first, weights, bias = models.linear(seed=1)
-    assert upload(client, first, "m").status_code == 201
-    assert_error(upload(client, models.linear(seed=2)[0], "m"), 409, "model_exists", "already registered")
-    assert (model_dir / "m.onnx").read_bytes() == first
+    assert upload(client, first, "m", name="First", version="1").status_code == 201
+    sidecar = (model_dir / "m.model_info.json").read_bytes()
+    assert_error(upload(client, models.linear(seed=2)[0], "m", name="Second", version="2"), 409, "model_exists", "model 'm' is already registered")
+    assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
+    assert (model_dir / "m.onnx").read_bytes() == first and (model_dir / "m.model_info.json").read_bytes() == sidecar
     prediction = client.post("/predict", json={"model_id": "m", "features": [1, 0, 0, 0]}).get_json()["prediction"]
     assert prediction == pytest.approx((weights[0] + bias).tolist(), abs=1e-5)
-    assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
+    assert client.get("/models/m").get_json()["name"] == "First"
 
 
-def test_json_body_gets_415(client, model_dir):
-    response = client.post("/models/upload", json={"id": "m"})
-    assert_error(response, 415, "unsupported_media_type", "multipart/form-data")
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [({"json": {"id": "m"}}, "not 'application/json'"), ({"data": b"raw", "content_type": "application/octet-stream"}, "multipart/form-data"),
+     ({"data": b"id=m&name=n", "content_type": "application/x-www-form-urlencoded"}, "multipart/form-data")],
+)
+def test_a_body_that_is_not_multipart_gets_415(client, model_dir, kwargs, words):
+    response = client.post("/models/upload", **kwargs)
+    assert_error(response, 415, "unsupported_media_type", words)
     assert files_in(model_dir) == []
 
 
 def test_upload_over_the_limit_gets_413_and_is_not_kept(make_app, model_dir):
     client = make_app(max_upload_mb=0.01).test_client()
-    response = upload(client, models.linear(in_features=64, out_features=64)[0], "big")
-    assert_error(response, 413, "too_large", "0.01 MB")
+    data = models.linear(in_features=64, out_features=80)[0]
+    assert len(data) > 20 * 1024
+    response = upload(client, data, "big")
+    assert_error(response, 413, "too_large", "over the limit of 0.01 MB")
     assert files_in(model_dir) == []
+    assert client.get("/models").get_json()["count"] == 0
+
+
+def test_upload_under_the_limit_is_accepted(make_app, model_dir):
+    client = make_app(max_upload_mb=0.01).test_client()
+    assert upload(client, models.identity(), "small").status_code == 201
 
 
 @pytest.mark.parametrize(("header", "status"), [(None, 401), ("Bearer wrong", 401), ("Basic " + TOKEN, 401), (f"Bearer {TOKEN}", 201)])
@@ -144,6 +185,8 @@ def test_token_is_required_for_upload_when_set(make_app, model_dir, header, stat
         assert_error(response, 401, "unauthorized", "Bearer")
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert files_in(model_dir) == []
+    else:
+        assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
 
 
 def test_a_flood_of_file_parts_is_refused_and_leaves_nothing(client, model_dir):
