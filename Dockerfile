@@ -12,6 +12,7 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    HOST=0.0.0.0 \
     PORT=8080 \
     NEXUS_MODEL_DIR=/models
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin nexus

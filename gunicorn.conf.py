@@ -17,7 +17,12 @@ if _own_metrics_dir:
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 # -- serving ----------------------------------------------------------------------------------
-bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
+# Loopback unless HOST says otherwise: sync workers facing clients directly can be held by a few
+# slow ones (slowloris), so an exposed server belongs behind nginx (deploy/nginx.conf). The image
+# sets HOST=0.0.0.0, since a container is reached through its own network namespace.
+_host = os.environ.get("HOST", "127.0.0.1")
+_port = os.environ.get("PORT", "8080")
+bind = f"[{_host}]:{_port}" if ":" in _host else f"{_host}:{_port}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1)
 # sync workers measured fastest for small predictions (README: "Choosing the worker class").
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
@@ -61,6 +66,27 @@ def on_starting(server):
     store.clean_leftovers()
 
 
+def when_ready(server):
+    """Warn when anyone who can reach the port may upload and delete models."""
+    from nexus.config import from_env
+
+    open_addresses = [a for a in server.cfg.address if isinstance(a, tuple) and not _loopback(a[0])]
+    if open_addresses and from_env().api_token is None:
+        server.log.warning(
+            "uploads and deletes are open to anyone who can reach %s: set NEXUS_API_TOKEN, or bind loopback (HOST=127.0.0.1) "
+            "behind a proxy", ", ".join(f"{a[0]}:{a[1]}" for a in open_addresses)
+        )
+
+
+def _loopback(address):
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
 def post_worker_init(worker):
     """Load the models in each worker after the fork, so no onnxruntime session crosses it."""
     from nexus import start_worker
@@ -75,7 +101,18 @@ def on_exit(server):
 
 
 def child_exit(server, worker):
-    """Keep a dead worker's counters but drop its live gauges (models_loaded)."""
+    """Keep a dead worker's counters but drop its live gauges; remove what its unfinished writes left.
+
+    The worker is reaped, so the kernel has dropped its locks: its temporary upload files and
+    claims are now unheld and removed, while other workers' work in progress stays locked.
+    """
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    from nexus.config import from_env
+    from nexus.store import ModelStore
+
+    try:
+        ModelStore(from_env().model_dir).clean_leftovers()
+    except OSError as exc:  # a missing directory: the workers report it
+        server.log.warning("could not clean the model directory after a worker exit: %s", exc)

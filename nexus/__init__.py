@@ -1,7 +1,8 @@
 """Model Nexus: upload ONNX models over HTTP and get predictions from them.
 
-Importing the package is light (no onnxruntime, no files touched): gunicorn's master imports
-it for its hooks, and only the workers build the app and its sessions.
+Importing the package is light (no Flask, no onnxruntime, no files touched): gunicorn's master
+imports it for its hooks, the model sandbox starts from it, and only the workers build the app
+and its sessions.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Request, current_app
-
 from nexus import config
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from nexus.registry import Registry
     from nexus.store import ModelStore
 
 __version__ = "0.1.0"
-ROUTE_ENVIRON = "nexus.route"
 
 
 @dataclass(frozen=True)
@@ -31,31 +31,12 @@ class Nexus:
     registry: Registry
 
 
-class NexusRequest(Request):
-    """A request that streams uploads into the model directory and tells the middleware its route."""
-
-    _url_rule = None
-
-    @property
-    def url_rule(self):
-        return self._url_rule
-
-    @url_rule.setter
-    def url_rule(self, rule) -> None:
-        # Flask sets this when routing; the middleware labels metrics with the route template.
-        self._url_rule = rule
-        self.environ[ROUTE_ENVIRON] = rule.rule if rule is not None else None
-
-    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
-        pending = current_app.extensions["nexus"].store.new_pending()
-        self.environ.setdefault("nexus.pending", []).append(pending)
-        return pending.file
-
-
 def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> Flask:
     """Build the app from the environment, with ``settings`` (a Settings or overrides) on top."""
-    from nexus import errors
+    from flask import Flask
+
     from nexus.api import register_blueprints
+    from nexus.http import NexusRequest, init_errors
     from nexus.middleware import Edge
     from nexus.observability import logs, metrics
     from nexus.registry import Registry
@@ -69,8 +50,9 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     store = ModelStore(settings.model_dir)
     store.ensure()
-    app.extensions["nexus"] = Nexus(settings, store, Registry(store, settings.ort_threads, observer=metrics))
-    errors.init_app(app)
+    registry = Registry(store, settings.ort_threads, observer=metrics, limits=settings.limits, load_wait_s=settings.load_wait_s)
+    app.extensions["nexus"] = Nexus(settings, store, registry)
+    init_errors(app)
     metrics.init_app(app)
     register_blueprints(app)
     app.wsgi_app = Edge(app, settings.cors_origins, hot_routes())
@@ -85,5 +67,5 @@ def hot_routes() -> dict:
 
 
 def start_worker(app: Flask) -> None:
-    """Load the model directory in this process (call after the fork, before serving)."""
-    app.extensions["nexus"].registry.sync()
+    """Start loading the model directory in a background thread of this process (after the fork)."""
+    app.extensions["nexus"].registry.start()

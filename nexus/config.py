@@ -24,6 +24,11 @@ class Settings:
     ort_threads: int = 1
     log_level: str = "INFO"
     cors_origins: tuple[str, ...] = ("*",)
+    max_model_memory_mb: float = 2048
+    max_load_seconds: float = 30
+    inference_timeout_s: float = 30
+    max_inference_memory_mb: float = 1024
+    load_wait_s: float = 5
 
     @property
     def max_upload_bytes(self) -> int:
@@ -32,6 +37,21 @@ class Settings:
     @property
     def max_request_bytes(self) -> int:
         return int(self.max_request_mb * MB)
+
+    @property
+    def limits(self) -> Limits:
+        """What one model may cost: to load (checked at upload) and to run (enforced on every run)."""
+        return Limits(self.max_model_memory_mb, self.max_load_seconds, self.inference_timeout_s, self.max_inference_memory_mb)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits every uploaded graph runs inside (the Settings fields of the same names)."""
+
+    model_memory_mb: float
+    load_seconds: float
+    inference_timeout_s: float
+    inference_memory_mb: float
 
 
 # environment variable -> (field, parser)
@@ -79,6 +99,11 @@ _ENV = {
     "NEXUS_ORT_THREADS": ("ort_threads", _positive_int),
     "NEXUS_LOG_LEVEL": ("log_level", _log_level),
     "NEXUS_CORS_ORIGINS": ("cors_origins", _origins),
+    "NEXUS_MAX_MODEL_MEMORY_MB": ("max_model_memory_mb", _positive_number),
+    "NEXUS_MAX_LOAD_SECONDS": ("max_load_seconds", _positive_number),
+    "NEXUS_INFERENCE_TIMEOUT_S": ("inference_timeout_s", _positive_number),
+    "NEXUS_MAX_INFERENCE_MEMORY_MB": ("max_inference_memory_mb", _positive_number),
+    "NEXUS_LOAD_WAIT_S": ("load_wait_s", _positive_number),
 }
 
 

@@ -1,13 +1,9 @@
-"""The error hierarchy of the API and the one handler that renders every error as JSON."""
+"""The error hierarchy: plain exceptions that carry their HTTP status and a stable code.
+
+Nothing here knows about responses; the protocol layers render these (``nexus.http`` as JSON).
+"""
 
 from __future__ import annotations
-
-import logging
-
-from flask import Flask
-from werkzeug.exceptions import HTTPException
-
-log = logging.getLogger("nexus.errors")
 
 
 class ApiError(Exception):
@@ -55,6 +51,14 @@ class ModelNotFound(ApiError):
     def __init__(self, model_id: str) -> None:
         super().__init__(f"model '{model_id}' is not registered")
         self.model_id = model_id
+
+    @classmethod
+    def unavailable(cls, model_id: str, reason: str) -> ModelNotFound:
+        """Return the 404 for a model whose files are there but cannot be served, saying why."""
+        error = cls(model_id)
+        error.message = f"model '{model_id}' is in the model directory but cannot be served: {reason}"
+        error.code = "model_unavailable"
+        return error
 
 
 class ModelUnloaded(ModelNotFound):
@@ -135,6 +139,47 @@ class StorageNotWritable(ApiError):
         super().__init__("the model directory is not writable by the server; check the volume's mount and permissions")
 
 
+class OverLimit(ApiError):
+    """422: raise when a valid model or request needs more than a configured limit allows."""
+
+    status = 422
+    code = "over_limit"
+
+
+class ModelTooLarge(OverLimit):
+    """422: raise when loading an uploaded model takes more memory than NEXUS_MAX_MODEL_MEMORY_MB."""
+
+    code = "model_too_large"
+
+
+class ModelLoadTimeout(OverLimit):
+    """422: raise when loading an uploaded model takes longer than NEXUS_MAX_LOAD_SECONDS."""
+
+    code = "model_load_timeout"
+
+
+class InferenceMemoryLimit(OverLimit):
+    """422: raise when a run needs more working memory than NEXUS_MAX_INFERENCE_MEMORY_MB."""
+
+    code = "inference_memory_limit"
+
+    def __init__(self, limit_mb: float) -> None:
+        super().__init__(
+            f"the model needed more working memory for this request than the limit of {limit_mb:g} MB "
+            "(NEXUS_MAX_INFERENCE_MEMORY_MB); send a smaller request"
+        )
+
+
+class InferenceTimeout(ApiError):
+    """504: raise when a run was stopped because it took longer than NEXUS_INFERENCE_TIMEOUT_S."""
+
+    status = 504
+    code = "inference_timeout"
+
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(f"the model ran longer than the limit of {limit_s:g} s (NEXUS_INFERENCE_TIMEOUT_S) and was stopped")
+
+
 class InferenceFailed(ApiError):
     """500: raise when onnxruntime fails while running a model on valid-looking input."""
 
@@ -149,51 +194,20 @@ class NotReady(ApiError):
     code = "not_ready"
 
 
-# Werkzeug's own errors keep their status; the code is derived from their name.
-_WERKZEUG_MESSAGES = {
-    404: "no such route; see GET /openapi.json for the API",
-    405: "method not allowed on this route",
-}
+class ModelLoading(NotReady):
+    """503: raise when the asked model is still being loaded by this worker after the wait allowed."""
+
+    code = "model_loading"
+
+    def __init__(self, model_id: str, retry_after_s: int) -> None:
+        super().__init__(f"model '{model_id}' is still loading in this worker; retry in {retry_after_s} s")
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
-def error_reply(exc: ApiError, request_id: str):
-    """Render an ApiError as the JSON Reply every error gets."""
-    from nexus.http import json_reply
+class StorageUnavailable(NotReady):
+    """503: raise when the model directory is missing or unreadable (an unmounted volume)."""
 
-    body = {"error": exc.message, "code": exc.code, "request_id": request_id}
-    return json_reply(body, exc.status, tuple(exc.headers.items()))
+    code = "storage_unavailable"
 
-
-def unexpected_reply(exc: BaseException, request_id: str):
-    """Log an unexpected exception with its traceback and render a 500 that leaks nothing."""
-    log.error("unhandled error", exc_info=exc, extra={"error_type": type(exc).__name__, "request_id": request_id})
-    return error_reply(ApiError("internal server error; the request id is in the server log"), request_id)
-
-
-def _from_werkzeug(exc: HTTPException) -> ApiError:
-    status = exc.code or 500
-    if status == 413:
-        from flask import request
-
-        return TooLarge.over(request.max_content_length or 0)
-    error = ApiError(_WERKZEUG_MESSAGES.get(status) or (exc.description or exc.name or "error").strip())
-    error.status = status
-    error.code = "_".join(exc.name.lower().split()) if exc.name else "http_error"
-    error.headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
-    return error
-
-
-def _render(exc: BaseException):
-    from nexus.http import current_request_id, to_response
-
-    request_id = current_request_id()
-    if isinstance(exc, ApiError):
-        return to_response(error_reply(exc, request_id))
-    if isinstance(exc, HTTPException):
-        return to_response(error_reply(_from_werkzeug(exc), request_id))
-    return to_response(unexpected_reply(exc, request_id))
-
-
-def init_app(app: Flask) -> None:
-    """Render every error, Werkzeug's included, as a JSON body."""
-    app.register_error_handler(Exception, _render)
+    def __init__(self) -> None:
+        super().__init__("the model directory is missing or unreadable; check the volume behind NEXUS_MODEL_DIR")

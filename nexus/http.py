@@ -6,6 +6,7 @@ which the middleware serves without a Flask request context, and the Flask views
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -15,17 +16,42 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from flask import Response, request
+from flask import Flask, Request, Response, current_app, request
+from werkzeug.exceptions import HTTPException
 
-from nexus.errors import BadInput, TooLarge, UnsupportedMediaType
+from nexus.errors import ApiError, BadInput, TooLarge, UnsupportedMediaType
+
+log = logging.getLogger("nexus.errors")
 
 REQUEST_ID_ENVIRON = "nexus.request_id"
+ROUTE_ENVIRON = "nexus.route"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
 # NaN and +-Infinity become null (orjson's rule); numpy arrays and int map keys are written natively.
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _READ_CHUNK = 1024 * 1024
 # The environ of the request this thread is serving, set by the middleware for log lines and errors.
 serving: ContextVar[dict[str, Any] | None] = ContextVar("nexus_serving", default=None)
+
+
+class NexusRequest(Request):
+    """A request that streams uploads into the model directory and tells the middleware its route."""
+
+    _url_rule = None
+
+    @property
+    def url_rule(self):
+        return self._url_rule
+
+    @url_rule.setter
+    def url_rule(self, rule) -> None:
+        # Flask sets this when routing; the middleware labels metrics with the route template.
+        self._url_rule = rule
+        self.environ[ROUTE_ENVIRON] = rule.rule if rule is not None else None
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        pending = current_app.extensions["nexus"].store.new_pending()
+        self.environ.setdefault("nexus.pending", []).append(pending)
+        return pending.file
 
 
 @dataclass(frozen=True)
@@ -148,3 +174,49 @@ def parse_json_object(data: bytes | memoryview) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadInput(f"request body must be a JSON object, not {type(body).__name__}")
     return body
+
+
+# -- errors: the one place that renders them ---------------------------------------------------
+
+# Werkzeug's own errors keep their status; the code is derived from their name.
+_WERKZEUG_MESSAGES = {
+    404: "no such route; see GET /openapi.json for the API",
+    405: "method not allowed on this route",
+}
+
+
+def error_reply(exc: ApiError, request_id: str) -> Reply:
+    """Render an ApiError as the JSON Reply every error gets."""
+    body = {"error": exc.message, "code": exc.code, "request_id": request_id}
+    return json_reply(body, exc.status, tuple(exc.headers.items()))
+
+
+def unexpected_reply(exc: BaseException, request_id: str) -> Reply:
+    """Log an unexpected exception with its traceback and render a 500 that leaks nothing."""
+    log.error("unhandled error", exc_info=exc, extra={"error_type": type(exc).__name__, "request_id": request_id})
+    return error_reply(ApiError("internal server error; the request id is in the server log"), request_id)
+
+
+def _from_werkzeug(exc: HTTPException) -> ApiError:
+    status = exc.code or 500
+    if status == 413:
+        return TooLarge.over(request.max_content_length or 0)
+    error = ApiError(_WERKZEUG_MESSAGES.get(status) or (exc.description or exc.name or "error").strip())
+    error.status = status
+    error.code = "_".join(exc.name.lower().split()) if exc.name else "http_error"
+    error.headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
+    return error
+
+
+def _render(exc: BaseException) -> Response:
+    request_id = current_request_id()
+    if isinstance(exc, ApiError):
+        return to_response(error_reply(exc, request_id))
+    if isinstance(exc, HTTPException):
+        return to_response(error_reply(_from_werkzeug(exc), request_id))
+    return to_response(unexpected_reply(exc, request_id))
+
+
+def init_errors(app: Flask) -> None:
+    """Render every error, Werkzeug's included, as a JSON body."""
+    app.register_error_handler(Exception, _render)

@@ -22,9 +22,8 @@ from typing import Any
 
 from werkzeug.exceptions import HTTPException
 
-from nexus import ROUTE_ENVIRON
-from nexus.errors import ApiError, error_reply, unexpected_reply
-from nexus.http import REQUEST_ID_ENVIRON, Reply, serving, valid_request_id
+from nexus.errors import ApiError
+from nexus.http import REQUEST_ID_ENVIRON, ROUTE_ENVIRON, Reply, error_reply, serving, unexpected_reply, valid_request_id
 from nexus.observability import metrics
 
 log = logging.getLogger("nexus.request")

@@ -1,9 +1,16 @@
 """A minimal protobuf walk over an ONNX file that finds tensors stored as external data.
 
-onnxruntime resolves an external tensor's ``location`` relative to the model file, so an
-uploaded model could read another model's file as its weights. We reject such models before
-onnxruntime sees them. The walk visits only the messages that can hold tensors and skips every
-other field (raw weights included) without copying it.
+onnxruntime resolves an external tensor's ``location`` against a directory, so an uploaded model
+could read files of the server as its weights. We refuse such models with a clear message before
+onnxruntime sees them. This is the first of several walls, not the only one: sessions are also
+told to resolve external data inside an empty directory (``runtime.session_options``), and
+uploads are first opened in a sandboxed child whose working directory is empty (``sandbox``).
+
+The walk reads the wire format the way protobuf's C++ parser (the one onnxruntime links) does:
+a tag is truncated to 32 bits and an enum to 32 bits, so an over-long encoding cannot hide a
+field from us. It visits every message that can hold a tensor (graphs, nodes, attributes,
+functions and their attribute defaults, training info, sparse tensors) and skips every other
+field (raw weights included) without copying it.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 # Field numbers from onnx.proto (they are part of the wire format and never change).
 _MODEL = {7: "graph", 20: "training", 25: "function"}
 _TRAINING = {1: "graph", 2: "graph"}
-_FUNCTION = {7: "node"}
+_FUNCTION = {7: "node", 11: "attribute"}
 _GRAPH = {1: "node", 5: "tensor", 15: "sparse"}
 _NODE = {5: "attribute"}
 _ATTRIBUTE = {5: "tensor", 6: "graph", 10: "tensor", 11: "graph", 22: "sparse", 23: "sparse"}
@@ -19,6 +26,10 @@ _SPARSE = {1: "tensor", 2: "tensor"}
 _TENSOR_EXTERNAL_DATA = 13
 _TENSOR_DATA_LOCATION = 14
 _EXTERNAL = 1
+_UINT32 = 0xFFFFFFFF
+# An ORT-format (flatbuffer) model carries this file identifier at offset 4; onnxruntime would
+# load it from bytes by another path than the ONNX one, so it is refused rather than walked.
+_ORT_FORMAT_ID = b"ORTM"
 
 _KIND_FIELDS = {
     "model": _MODEL,
@@ -54,7 +65,10 @@ def _fields(buf: memoryview, start: int, end: int):
     pos = start
     while pos < end:
         key, pos = _varint(buf, pos, end)
+        key &= _UINT32  # protobuf keeps the low 32 bits of an over-long tag and reads the field
         number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ProtobufError("field number 0")
         if wire == 0:
             value, pos = _varint(buf, pos, end)
             yield number, wire, value
@@ -78,7 +92,7 @@ def _tensor_is_external(buf: memoryview, start: int, end: int) -> bool:
     for number, wire, value in _fields(buf, start, end):
         if number == _TENSOR_EXTERNAL_DATA and wire == 2:
             return True
-        if number == _TENSOR_DATA_LOCATION and wire == 0 and value == _EXTERNAL:
+        if number == _TENSOR_DATA_LOCATION and wire == 0 and value & _UINT32 == _EXTERNAL:
             return True
     return False
 
@@ -86,6 +100,8 @@ def _tensor_is_external(buf: memoryview, start: int, end: int) -> bool:
 def uses_external_data(data: bytes | memoryview) -> bool:
     """Tell whether any tensor in the serialized ModelProto ``data`` points at external data."""
     buf = memoryview(data)
+    if bytes(buf[4:8]) == _ORT_FORMAT_ID:
+        raise ProtobufError("this is an ORT-format file; upload the .onnx model instead")
     stack = [("model", 0, len(buf), 0)]
     while stack:
         kind, start, end, depth = stack.pop()

@@ -5,6 +5,16 @@ Each gunicorn worker holds its own onnxruntime sessions. Before answering, a req
 added or removed by any worker or replica), the registry re-reads it. Directory timestamps are
 coarse, so a look taken less than ``RACY_NS`` after the last change is not trusted and the next
 request looks again.
+
+Loading is off the request path once ``start()`` has run (in gunicorn's workers): a re-read only
+notes what must be loaded, and a loader thread loads it, so a request for model A never waits
+for model B. A request for a model still loading waits for it up to ``load_wait_s``, then gets
+a 503 with ``Retry-After``. A changed model is dropped at once and reloaded, never served stale.
+Without ``start()`` (tests, scripts), a re-read loads what it found in the calling thread.
+
+No worker builds a session of bytes that were not measured: a model whose sidecar has no
+``load_check`` of its bytes (written by an older release, or by hand) is first opened in the
+sandbox by whichever worker takes its claim, and the record is written to its sidecar.
 """
 
 from __future__ import annotations
@@ -14,19 +24,32 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from types import ModuleType
 from dataclasses import dataclass, field, replace
+from types import ModuleType
 from typing import Any
 
-from nexus.errors import InvalidModel, ModelExists, ModelNotFound, ModelUnloaded
+from nexus import sandbox
+from nexus.config import Limits, Settings
+from nexus.errors import (
+    ApiError,
+    InvalidModel,
+    ModelBusy,
+    ModelExists,
+    ModelLoading,
+    ModelNotFound,
+    ModelUnloaded,
+    StorageUnavailable,
+)
 from nexus.http import utc_now
-from nexus.runtime import Runtime, TensorSpec
+from nexus.runtime import Runtime, TensorSpec, check_model_bytes
 from nexus.store import ModelStore, PendingFile, check_id, sha256_of
 
 log = logging.getLogger("nexus.registry")
 
 RACY_NS = 2_000_000_000
 SIDECAR_FORMAT = 1
+LOADER_POLL_S = 1.0  # the loader looks at the directory this often even when no request comes
+CLEAN_EVERY_S = 30.0  # and removes leftovers of dead writers (another replica's, say) this often
 
 
 @dataclass(frozen=True)
@@ -42,6 +65,7 @@ class Model:
     sha256: str
     runtime: Runtime = field(repr=False, compare=False)
     signature: tuple[int, ...] | None = field(default=None, compare=False)
+    load_check: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -65,25 +89,37 @@ class Model:
         }
 
     def sidecar(self) -> dict[str, Any]:
-        return {"format": SIDECAR_FORMAT, **self.details()}
+        return {"format": SIDECAR_FORMAT, **self.details(), "load_check": self.load_check}
+
+
+class _Busy(Exception):
+    """Another writer holds the model's claim (it is checking or writing it); try again later."""
 
 
 class Registry:
-    """The models this worker serves; the dict is swapped whole under ``_lock``, never edited."""
+    """The models this worker serves; the dicts are swapped whole under ``_lock``, never edited."""
 
-    def __init__(self, store: ModelStore, ort_threads: int, observer: ModuleType | object | None = None) -> None:
+    def __init__(self, store: ModelStore, ort_threads: int, observer: ModuleType | object | None = None,
+                 limits: Limits | None = None, load_wait_s: float = 5) -> None:
         """``observer``, if given, has ``models_changed(count)`` and ``model_loaded(seconds)``."""
         self.store = store
         self.ort_threads = ort_threads
+        self.limits = limits or Settings().limits
+        self.load_wait_s = load_wait_s
         self._models: dict[str, Model] = {}
+        self._pending: dict[str, tuple[tuple[int, ...] | None, threading.Event]] = {}  # id -> (signature, loaded)
         self._lock = threading.RLock()
-        self._sync_lock = threading.Lock()  # one sync at a time; loading must not block readers
+        self._sync_lock = threading.Lock()  # one re-read at a time; loading happens outside it
+        self._load_lock = threading.Lock()  # one loader at a time, whichever thread it is
         self._stamp: tuple[int, int] | None = None
         self._trust_after_ns = 0
         self._pid: int | None = None
         self._failed: dict[str, tuple[tuple[int, ...] | None, str]] = {}  # id -> (signature, reason)
         self._unloaded: frozenset[str] = frozenset()
+        self._missing = False
         self._observer = observer
+        self._wake = threading.Event()
+        self._loader_pid: int | None = None
         self.synced_once = False
 
     # -- reading ---------------------------------------------------------------------------
@@ -91,19 +127,13 @@ class Registry:
     def get(self, model_id: str) -> Model:
         """Return the model, or raise ModelNotFound (after a direct look at the disk)."""
         self.refresh(model_id)
-        with self._lock:
-            model = self._models.get(model_id)
+        model = self._models.get(model_id)
         if model is None:
             check_id(model_id)
             # A write by another worker may be newer than the directory stamp we trust.
-            if self.store.exists(model_id):
+            if model_id not in self._pending and self.store.exists(model_id):
                 self.sync()
-                with self._lock:
-                    model = self._models.get(model_id)
-            if model is None:
-                if model_id in self._unloaded:
-                    raise ModelUnloaded(model_id)
-                raise ModelNotFound(model_id)
+            model = self._await(model_id)
         return model
 
     def find(self, model_id: str) -> Model | None:
@@ -127,7 +157,7 @@ class Registry:
         """Return every model in the directory with its state: READY, or UNAVAILABLE with the reason."""
         self.refresh()
         with self._lock:
-            models = self._models
+            models, pending = self._models, self._pending
         rows = []
         for entry in self.store.scan():
             model = models.get(entry.model_id)
@@ -135,10 +165,32 @@ class Registry:
                 rows.append({"name": model.id, "version": model.version, "state": "READY"})
             elif entry.unloaded:
                 rows.append({"name": entry.model_id, "state": "UNAVAILABLE", "reason": "unloaded"})
+            elif entry.model_id in pending:
+                rows.append({"name": entry.model_id, "state": "LOADING", "reason": "loading"})
             else:
                 reason = self._failed.get(entry.model_id, (None, "not loaded yet"))[1]
                 rows.append({"name": entry.model_id, "state": "UNAVAILABLE", "reason": reason})
         return rows
+
+    def _await(self, model_id: str) -> Model:
+        """Wait (bounded) for a model this worker is loading; raise the error that says why there is none."""
+        with self._lock:
+            waiting = self._pending.get(model_id)
+        if waiting is not None:
+            if self._loader_pid != os.getpid():
+                self._load_pending()
+            elif not waiting[1].wait(self.load_wait_s):
+                raise ModelLoading(model_id, max(1, round(self.load_wait_s)))
+        model = self._models.get(model_id)
+        if model is not None:
+            return model
+        if self._missing:
+            raise StorageUnavailable()
+        if model_id in self._unloaded:
+            raise ModelUnloaded(model_id)
+        if model_id in self._failed:
+            raise ModelNotFound.unavailable(model_id, self._failed[model_id][1])
+        raise ModelNotFound(model_id)
 
     # -- keeping in step with the disk -------------------------------------------------------
 
@@ -150,55 +202,96 @@ class Registry:
         """
         try:
             stamp = self.store.dir_stamp()
-        except FileNotFoundError:
+        except OSError:
             stamp = None
         if stamp is not None and stamp == self._stamp and self._pid == os.getpid():
             if time.time_ns() >= self._trust_after_ns:
                 return
             if model_id is not None:
-                with self._lock:
-                    model = self._models.get(model_id)
+                model = self._models.get(model_id)
                 if model is not None and model.signature is not None and self.store.signature(model_id) == model.signature:
                     return
         self.sync()
 
     def sync(self) -> None:
-        """Load what appeared or changed in the directory, drop what went away."""
+        """Re-read the directory: drop what went away or changed, note what must be loaded, load it.
+
+        With the loader thread running, loading is left to it; otherwise it happens here.
+        """
+        self._reread()
+        if self._loader_pid == os.getpid():
+            self._wake.set()
+        else:
+            self._load_pending()
+        if self._missing:
+            raise StorageUnavailable()
+
+    def _reread(self) -> None:
         with self._sync_lock:
             if self._pid != os.getpid():
                 # Sessions made before a fork belong to the parent; start over in this process.
                 with self._lock:
-                    self._models = {}
+                    self._models, self._pending = {}, {}
                 self._failed = {}
                 self._pid = os.getpid()
             try:
                 stamp = self.store.dir_stamp()
                 stored = self.store.scan()
-            except FileNotFoundError:
+                self._missing = False
+            except OSError:  # the directory is gone or unreadable: serve nothing, say why
                 stamp, stored = None, []
+                self._missing = True
             with self._lock:
-                current = self._models
+                current, pending = self._models, self._pending
             fresh: dict[str, Model] = {}
+            wanted: dict[str, tuple[tuple[int, ...] | None, threading.Event]] = {}
             for entry in stored:
-                known = current.get(entry.model_id)
                 if entry.unloaded:
                     continue
+                known = current.get(entry.model_id)
                 if known is not None and known.signature == entry.signature:
                     fresh[entry.model_id] = known
                 elif self._failed.get(entry.model_id, ((),))[0] != entry.signature:
-                    model = self._load(entry.model_id, entry.signature)
-                    if model is not None:
-                        fresh[entry.model_id] = model
+                    already = pending.get(entry.model_id)
+                    wanted[entry.model_id] = already if already and already[0] == entry.signature else (entry.signature, threading.Event())
             on_disk = {entry.model_id for entry in stored}
             self._failed = {k: v for k, v in self._failed.items() if k not in fresh and k in on_disk}
             self._unloaded = frozenset(entry.model_id for entry in stored if entry.unloaded)
             with self._lock:
-                self._models = fresh
+                self._models, self._pending = fresh, wanted
+            for model_id, (_, done) in pending.items():
+                if model_id not in wanted:
+                    done.set()  # nobody waits for a model that went away
             self._stamp = stamp
             # A change within the timestamp's resolution of this look would not move the stamp.
             self._trust_after_ns = (stamp[1] + RACY_NS) if stamp else 0
-            self.synced_once = True
+            if not wanted:
+                self.synced_once = True
         self._changed(current, fresh)
+
+    def _load_pending(self) -> None:
+        """Load every model noted as wanted, one at a time, swapping each in as soon as it is ready."""
+        with self._load_lock:
+            with self._lock:
+                work = list(self._pending.items())
+            busy = False
+            for model_id, (signature, done) in work:
+                try:
+                    model = self._load(model_id, signature)
+                except _Busy:
+                    busy = True
+                    continue
+                with self._lock:
+                    if self._pending.get(model_id, (None, None))[1] is not done:
+                        continue  # changed or removed while we loaded it: the next re-read decides
+                    before = self._models
+                    if model is not None:
+                        self._models = {**before, model_id: model}
+                    self._pending = {k: v for k, v in self._pending.items() if k != model_id}
+                done.set()
+                self._changed(before, self._models)
+            if not busy:
+                self.synced_once = True
 
     def _load(self, model_id: str, signature: tuple[int, ...] | None) -> Model | None:
         started = time.perf_counter()
@@ -206,15 +299,21 @@ class Registry:
             if signature is None:
                 raise ValueError("the .onnx file next to the sidecar is missing")
             sidecar = self.store.read_sidecar(model_id)
-            data = self.store.read_model(model_id)
-            digest = sha256_of(data)
-            if sidecar.get("sha256") not in (None, digest):
-                raise ValueError("the .onnx file does not match the sha256 in its sidecar")
-            model = self._model(model_id, sidecar, data, digest, Runtime(data, self.ort_threads), signature)
+            with self.store.open_model(model_id) as file:
+                data = file.read()
+                digest = sha256_of(data)
+                if sidecar.get("sha256") is not None and sidecar["sha256"] != digest:
+                    raise ValueError("the .onnx file does not match the sha256 in its sidecar")
+                record, reason = self._admit(model_id, sidecar, digest, file.fileno())
+            if reason is not None:
+                raise ValueError(reason)
+            model = self._model(model_id, sidecar, data, digest, Runtime(data, self.ort_threads, self.limits), signature, record)
+        except _Busy:
+            raise
         except Exception as exc:  # a bad file must never stop the others from loading
             reason = getattr(exc, "message", None) or str(exc)
             self._failed[model_id] = (signature, reason)
-            log.error("model skipped", extra={"model_id": model_id, "reason": reason})
+            log.warning("model skipped", extra={"model_id": model_id, "reason": reason})
             return None
         seconds = time.perf_counter() - started
         if self._observer is not None:
@@ -222,7 +321,35 @@ class Registry:
         log.info("model loaded", extra={"model_id": model_id, "load_ms": round(seconds * 1000, 2)})
         return model
 
-    def _model(self, model_id: str, sidecar: dict[str, Any], data: bytes, digest: str, runtime: Runtime, signature: tuple[int, ...] | None) -> Model:
+    def _admit(self, model_id: str, sidecar: dict[str, Any], digest: str, fd: int) -> tuple[dict[str, Any], str | None]:
+        """Return the model's load check and why it may not be served (None if it may).
+
+        Without a record of these bytes, measure them in the sandbox under the model's claim
+        and keep the record in the sidecar, so the other workers and replicas need not.
+        """
+        try:
+            return sidecar.get("load_check"), sandbox.verdict(sidecar.get("load_check"), digest, self.limits)
+        except KeyError:
+            pass
+        try:
+            with self.store.claim(model_id):
+                current = self.store.read_sidecar(model_id)
+                try:  # another worker may have measured it while we waited
+                    return current.get("load_check"), sandbox.verdict(current.get("load_check"), digest, self.limits)
+                except KeyError:
+                    pass
+                try:
+                    record = sandbox.check(fd, digest, self.limits)
+                except ApiError as exc:
+                    record = sandbox.refusal_record(exc, digest, self.limits)
+                self.store.rewrite_sidecar(model_id, {**current, "load_check": record})
+                log.info("model checked", extra={"model_id": model_id, "load_check": record})
+                return record, sandbox.verdict(record, digest, self.limits)
+        except ModelBusy:
+            raise _Busy() from None
+
+    def _model(self, model_id: str, sidecar: dict[str, Any], data: bytes, digest: str, runtime: Runtime,
+               signature: tuple[int, ...] | None, load_check: dict[str, Any] | None) -> Model:
         return Model(
             id=model_id,
             name=str(sidecar.get("name") or model_id),
@@ -233,6 +360,7 @@ class Registry:
             sha256=digest,
             runtime=runtime,
             signature=signature,
+            load_check=load_check,
         )
 
     def _changed(self, before: dict[str, Model], after: dict[str, Model]) -> None:
@@ -247,22 +375,50 @@ class Registry:
             self._models = models
         self._changed(before, models)
 
+    # -- the loader thread -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load in a background thread of this process from now on, starting with the whole directory."""
+        self._reread()
+        self._loader_pid = os.getpid()
+        threading.Thread(target=self._loader, name="nexus-loader", daemon=True).start()
+
+    def _loader(self) -> None:
+        last_clean = 0.0
+        while True:
+            try:
+                self._load_pending()
+                if time.monotonic() - last_clean >= CLEAN_EVERY_S:
+                    last_clean = time.monotonic()
+                    self.store.clean_leftovers()
+            except Exception:  # the loader must outlive any one bad look at the disk
+                log.exception("loader pass failed")
+            self._wake.wait(LOADER_POLL_S)
+            self._wake.clear()
+            try:
+                self.refresh()
+            except ApiError:
+                pass  # a missing directory: requests say so; keep looking
+
     # -- writing -----------------------------------------------------------------------------
 
     def upload(self, model_id: str, name: str, version: str, pending: PendingFile) -> Model:
-        """Validate a pending upload, publish it as ``model_id`` and serve it from this worker."""
+        """Check a pending upload in the sandbox, publish it as ``model_id`` and serve it from this worker."""
         with self.store.claim(model_id):
             if self.store.exists(model_id):
                 raise ModelExists(model_id)
             data = pending.read_all()
-            runtime = Runtime(data, self.ort_threads)
+            digest = sha256_of(data)
+            check_model_bytes(data)  # the clear 400 for external data, before any process opens it
+            record = sandbox.check(pending.file.fileno(), digest, self.limits)
+            runtime = Runtime(data, self.ort_threads, self.limits)
             sidecar = {"name": name, "version": version, "created_at": utc_now()}
-            model = self._model(model_id, sidecar, data, sha256_of(data), runtime, None)
+            model = self._model(model_id, sidecar, data, digest, runtime, None, record)
             self.store.publish(model_id, pending, model.sidecar())
             signature = self.store.signature(model_id)
         model = replace(model, signature=signature)
         self._swap(lambda models: models.__setitem__(model_id, model))
-        log.info("model uploaded", extra={"model_id": model_id, "size_bytes": model.size_bytes})
+        log.info("model uploaded", extra={"model_id": model_id, "size_bytes": model.size_bytes, "load_check": record})
         return model
 
     def set_loaded(self, model_id: str, loaded: bool) -> None:
@@ -272,9 +428,12 @@ class Registry:
                 raise ModelNotFound(model_id)
             self.store.set_unloaded(model_id, not loaded)
         self.sync()
-        if loaded and self.find(model_id) is None:
-            reason = self._failed.get(model_id, (None, "unknown reason"))[1]
-            raise InvalidModel(f"model '{model_id}' cannot be loaded: {reason}")
+        if loaded:
+            try:
+                self._await(model_id)
+            except ModelNotFound:
+                reason = self._failed.get(model_id, (None, "unknown reason"))[1]
+                raise InvalidModel(f"model '{model_id}' cannot be loaded: {reason}") from None
 
     def delete(self, model_id: str) -> None:
         """Remove ``model_id`` from the directory and from this worker, or raise ModelNotFound."""

@@ -1,8 +1,29 @@
-"""One loaded model: its onnxruntime session and the description of its inputs and outputs."""
+"""One loaded model: its onnxruntime session, the description of its inputs and outputs, and the
+limits every run of it is held to.
+
+Three things keep an uploaded graph from hurting the worker that runs it:
+
+- **No file access.** A session may only resolve external data inside an empty directory this
+  process made for nothing else (``session.model_external_initializers_file_folder_path``), so
+  whatever a model names, there is no file to read; the protobuf walk refuses the models that
+  try, with a clear message, before onnxruntime sees them.
+- **Time.** Every run carries its own ``RunOptions``; a watchdog thread sets ``terminate`` on
+  runs past their deadline, and onnxruntime stops between two kernels (loops included).
+- **Memory.** Every session of the process allocates its working memory from one arena whose
+  size is capped (``OrtArenaCfg.max_mem``), growing only by what a run asks for and shrinking
+  back after each run, so a run that would need more fails alone and a large one gives its
+  memory back.
+"""
 
 from __future__ import annotations
 
+import atexit
+import os
 import re
+import shutil
+import tempfile
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +31,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from nexus.errors import BadInput, InferenceFailed, InvalidModel
+from nexus.config import MB, Limits, Settings
+from nexus.errors import BadInput, InferenceFailed, InferenceMemoryLimit, InferenceTimeout, InvalidModel
 from nexus.onnx_scan import ProtobufError, uses_external_data
 from nexus.tensors import DType, dtype_for
 
@@ -18,14 +40,22 @@ from nexus.tensors import DType, dtype_for
 ort.set_default_logger_severity(3)
 
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
-_SOURCE_LOCATION = re.compile(r"/\S*onnxruntime\S*\.(?:cc|h|cpp):\d+\s+(?:[\w:<>~,* ]+\([^)]*\)\s*)?")
+_SOURCE_LOCATION = re.compile(r"/?\S*\.(?:cc|h|cpp|hpp):\d+\s+(?:[\w:<>~,*& ]+\([^)]*\)\s*)?")
+# Anything that looks like an absolute path, and file sizes, never reach a client.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s\"'<>,;]+")
+_FILE_SIZE = re.compile(r"\b(file_length|file size|file_size)\s*[:=]?\s*\d+", re.IGNORECASE)
 _MAX_REASON = 300
+_TERMINATED = "terminate flag"
+_OUT_OF_MEMORY = ("BFCArena", "Available memory of", "bad_alloc", "bad allocation", "Failed to allocate memory")
+_SHRINK_ARENA = "memory.enable_memory_arena_shrinkage"
+_KSAME_AS_REQUESTED = 1  # arena extend strategy: grow by what is asked, not to the next power of two
 
 
 def short_reason(exc: BaseException) -> str:
-    """Return onnxruntime's error message without its code prefix, source paths or excess length."""
+    """Return onnxruntime's error message without its code prefix, source locations, paths or excess length."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = _SOURCE_LOCATION.sub("", _ORT_PREFIX.sub("", text)).strip()
+    text = _SOURCE_LOCATION.sub("", _ORT_PREFIX.sub("", text))
+    text = _FILE_SIZE.sub(r"\1 (hidden)", _ABSOLUTE_PATH.sub("<path>", text)).strip()
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
 
 
@@ -48,42 +78,133 @@ def _spec(arg: Any) -> TensorSpec:
     return TensorSpec(arg.name, arg.type, shape, dtype_for(arg.type))
 
 
-def session_options(threads: int) -> ort.SessionOptions:
-    """Return options for one session: ``threads`` intra-op threads, no inter-op pool, quiet logs."""
+# -- what one process sets up once --------------------------------------------------------------
+
+
+class _Process:
+    """The per-process pieces: the empty external-data directory, the capped arena, the watchdog.
+
+    Made lazily in the process that builds the first session (a gunicorn worker, after the
+    fork); a process that finds them made by its parent makes its own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self.empty_dir = ""
+        self.arena_mb: float | None = None
+        self.watchdog: Watchdog | None = None
+
+    def ready(self, inference_memory_mb: float) -> _Process:
+        if self._pid == os.getpid():
+            return self
+        with self._lock:
+            if self._pid != os.getpid():
+                self.empty_dir = tempfile.mkdtemp(prefix="nexus-no-files-")
+                atexit.register(shutil.rmtree, self.empty_dir, True)
+                # One arena for every session of this process: the cap holds whatever runs at once.
+                # Registering is once per process; the first app's limit is the one in force.
+                config = ort.OrtArenaCfg(int(inference_memory_mb * MB), _KSAME_AS_REQUESTED, -1, -1)
+                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+                ort.create_and_register_allocator(info, config)
+                self.arena_mb = inference_memory_mb
+                self.watchdog = Watchdog()
+                self._pid = os.getpid()
+        return self
+
+
+_process = _Process()
+
+
+class Watchdog:
+    """A thread that stops the runs past their deadline (``RunOptions.terminate``).
+
+    Registering a run is a dict store and its removal a dict pop; the thread looks every
+    ``interval`` seconds, so a run is stopped within ``interval`` of its deadline, plus the time
+    onnxruntime takes to finish the kernel it is in.
+    """
+
+    interval = 0.1
+
+    def __init__(self) -> None:
+        self._runs: dict[int, tuple[float, ort.RunOptions]] = {}
+        threading.Thread(target=self._loop, name="nexus-watchdog", daemon=True).start()
+
+    def watch(self, options: ort.RunOptions, seconds: float) -> None:
+        self._runs[id(options)] = (time.monotonic() + seconds, options)
+
+    def forget(self, options: ort.RunOptions) -> None:
+        self._runs.pop(id(options), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            now = time.monotonic()
+            for deadline, options in list(self._runs.values()):
+                if now >= deadline:
+                    options.terminate = True
+
+
+def session_options(threads: int, inference_memory_mb: float) -> ort.SessionOptions:
+    """Return options for one session: ``threads`` intra-op threads, no file access, the capped arena."""
+    process = _process.ready(inference_memory_mb)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    # A model built from bytes resolves external data here, and this directory stays empty.
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path", process.empty_dir)
+    options.add_session_config_entry("session.use_env_allocators", "1")
     return options
+
+
+def check_model_bytes(data: bytes) -> None:
+    """Raise InvalidModel unless ``data`` is an ONNX protobuf with every tensor embedded."""
+    try:
+        external = uses_external_data(data)
+    except ProtobufError as exc:
+        raise InvalidModel(f"file is not an ONNX model: {exc}") from None
+    if external:
+        raise InvalidModel(
+            "model stores tensors as external data, which this server does not accept; embed the weights in the .onnx file"
+        )
 
 
 class Runtime:
     """A live onnxruntime session for one model file's bytes."""
 
-    def __init__(self, data: bytes, threads: int) -> None:
+    def __init__(self, data: bytes, threads: int, limits: Limits | None = None) -> None:
+        limits = limits or Settings().limits
+        check_model_bytes(data)
         try:
-            external = uses_external_data(data)
-        except ProtobufError as exc:
-            raise InvalidModel(f"file is not an ONNX model: {exc}") from None
-        if external:
-            raise InvalidModel("model stores tensors as external data, which this server does not accept; embed the weights in the .onnx file")
-        # Sessions are built from bytes, never from a path, so nothing the model names can
-        # reach another file in the model directory.
-        try:
-            self.session = ort.InferenceSession(data, sess_options=session_options(threads), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                data, sess_options=session_options(threads, limits.inference_memory_mb), providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own classes for every kind of bad model
             raise InvalidModel(f"file is not a loadable ONNX model: {short_reason(exc)}") from None
+        self.timeout_s = limits.inference_timeout_s
         self.inputs = tuple(_spec(a) for a in self.session.get_inputs())
         self.outputs = tuple(_spec(a) for a in self.session.get_outputs())
         self.output_names = [o.name for o in self.outputs]
         self.input_by_name = {i.name: i for i in self.inputs}
 
     def run(self, feeds: Mapping[str, np.ndarray], output_names: list[str] | None = None) -> list[Any]:
-        """Run the model on ``feeds`` and return the asked outputs (all by default) in order."""
+        """Run the model on ``feeds`` within the time and memory limits; return the asked outputs in order."""
+        options = ort.RunOptions()
+        options.add_run_config_entry(_SHRINK_ARENA, "cpu:0")  # give a large run's memory back at its end
+        watchdog = _process.watchdog
+        watchdog.watch(options, self.timeout_s)
         try:
-            return self.session.run(output_names or self.output_names, feeds)
+            return self.session.run(output_names or self.output_names, feeds, options)
         except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as exc:
             raise BadInput(f"the model rejected the input: {short_reason(exc)}") from None
         except Exception as exc:
+            text = str(exc)
+            if options.terminate and _TERMINATED in text:
+                raise InferenceTimeout(self.timeout_s) from None
+            if any(marker in text for marker in _OUT_OF_MEMORY):
+                raise InferenceMemoryLimit(_process.arena_mb or 0) from None
             raise InferenceFailed(f"inference failed inside the model: {short_reason(exc)}") from None
+        finally:
+            watchdog.forget(options)

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import orjson
 
-from nexus.errors import BadInput, ModelBusy, StorageFull, StorageNotWritable
+from nexus.errors import BadInput, ModelBusy, StorageFull, StorageNotWritable, StorageUnavailable
 
 log = logging.getLogger("nexus.store")
 
@@ -73,6 +73,8 @@ def _lock_path(path: Path, create: bool) -> int | None:
         try:
             fd = os.open(path, flags, 0o644)
         except FileNotFoundError:
+            if create:  # only a missing directory makes creating a file in it fail this way
+                raise StorageUnavailable() from None
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -96,6 +98,8 @@ def writing() -> Iterator[None]:
             raise StorageFull() from exc
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise StorageNotWritable() from exc
+        if exc.errno == errno.ENOENT:  # what we write is ours; only a vanished directory loses it
+            raise StorageUnavailable() from exc
         raise
 
 
@@ -277,6 +281,16 @@ class ModelStore:
 
     def read_model(self, model_id: str) -> bytes:
         return self.model_path(model_id).read_bytes()
+
+    def open_model(self, model_id: str) -> IO[bytes]:
+        """Open a model's file for reading (a replacement never changes an open file's bytes)."""
+        return open(self.model_path(model_id), "rb")
+
+    def rewrite_sidecar(self, model_id: str, sidecar: dict[str, Any]) -> None:
+        """Replace a visible model's sidecar (to add what was measured about it). Hold the claim."""
+        with writing():
+            self._write_sidecar(model_id, sidecar)
+            _fsync_dir(self.directory)
 
     # -- recovery ------------------------------------------------------------------------
 

@@ -1,0 +1,255 @@
+"""Open a candidate model where it cannot hurt the serving workers, and measure what it costs.
+
+Before any worker builds a session of a model it has not seen measured, the model is opened in
+a short-lived child process (``python -m nexus.sandbox``) that:
+
+- starts in an empty private working directory, with no file it may write (``RLIMIT_FSIZE`` 0)
+  and the same session options the workers use (external data resolved in an empty directory);
+- may map at most its start-up size plus the memory limit (``RLIMIT_AS``), while the parent
+  reads its peak resident size (``VmHWM``) every few milliseconds and kills it past the limit;
+- is killed when the load takes longer than the time limit, or when its parent dies.
+
+What it measured (peak memory and seconds above the child's idle state) goes into the model's
+sidecar as ``load_check``, so every worker and replica decides from the record without loading
+the model again, and a later memory budget can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from nexus.config import MB, Limits
+from nexus.errors import InvalidModel, ModelLoadTimeout, ModelTooLarge
+
+_POLL_S = 0.005
+_START_TIMEOUT_S = 60  # interpreter and onnxruntime import on a loaded machine
+# What the child may map beyond its idle size and the limit: thread stacks, allocator arenas.
+_ADDRESS_SLACK = 256 * MB
+_OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "bad allocation", "Failed to allocate", "Cannot allocate", "out of memory")
+
+
+def check(fd: int, sha256: str, limits: Limits) -> dict[str, Any]:
+    """Open the model file open at ``fd`` (whose bytes hash to ``sha256``) in a sandboxed child.
+
+    The child reads the same open file (model files are replaced by rename, never rewritten),
+    so the record is of exactly those bytes. Return the ``load_check`` record; raise
+    ModelTooLarge or ModelLoadTimeout past the limits, InvalidModel if it cannot be loaded.
+    """
+    workdir = tempfile.mkdtemp(prefix="nexus-sandbox-")
+    try:
+        return {"sha256": sha256, **_Child(fd, workdir, limits).result()}
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def verdict(record: Any, sha256: str, limits: Limits) -> str | None:
+    """Return why the model with this ``load_check`` record may not be served under ``limits``, or None.
+
+    Raise KeyError when the record cannot decide: there is none, it is of other bytes than
+    ``sha256``, or it is a refusal made under smaller limits.
+    """
+    if not isinstance(record, dict) or record.get("sha256") != sha256:
+        raise KeyError("no load check of these bytes")
+    if "refused" in record:
+        if record.get("memory_limit_mb", 0) < limits.model_memory_mb or record.get("time_limit_s", 0) < limits.load_seconds:
+            raise KeyError("refused under smaller limits")
+        return str(record["refused"])
+    peak, seconds = record.get("peak_mb"), record.get("seconds")
+    if not isinstance(peak, (int, float)) or not isinstance(seconds, (int, float)):
+        raise KeyError("incomplete load check")
+    if peak > limits.model_memory_mb:
+        return _memory_message(f"{peak:g} MB", limits)
+    if seconds > limits.load_seconds:
+        return _time_message(limits)
+    return None
+
+
+def refusal_record(exc: Exception, sha256: str, limits: Limits) -> dict[str, Any]:
+    """Return the ``load_check`` record that remembers a refusal under ``limits``."""
+    message = getattr(exc, "message", str(exc))
+    return {"sha256": sha256, "refused": message, "memory_limit_mb": limits.model_memory_mb, "time_limit_s": limits.load_seconds}
+
+
+def _memory_message(needed: str, limits: Limits) -> str:
+    return (
+        f"loading this model needs {needed} of memory; the limit is {limits.model_memory_mb:g} MB "
+        "(NEXUS_MAX_MODEL_MEMORY_MB)"
+    )
+
+
+def _time_message(limits: Limits) -> str:
+    return f"loading this model takes longer than the limit of {limits.load_seconds:g} s (NEXUS_MAX_LOAD_SECONDS)"
+
+
+class _Child:
+    """One sandboxed load: the child process and the parent's watch over it."""
+
+    def __init__(self, fd: int, workdir: str, limits: Limits) -> None:
+        self.limits = limits
+        # -S skips site's start-up work; the parent's import path (this package first) replaces it.
+        path = [str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if p)]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": os.pathsep.join(path),
+               "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-S", "-m", "nexus.sandbox", str(fd), json.dumps(limits.__dict__)],
+            cwd=workdir,
+            env=env,
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.buffer = b""
+
+    def result(self) -> dict[str, Any]:
+        try:
+            hello = self._line(time.monotonic() + _START_TIMEOUT_S, None)
+            if hello is None or "baseline_kb" not in hello:
+                raise self._failed(hello)
+            deadline = time.monotonic() + self.limits.load_seconds
+            report = self._line(deadline, hello["baseline_kb"])
+            if report is None or "error" in report:
+                raise self._failed(report)
+            return report
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.proc.stdout.close()
+
+    def _line(self, deadline: float, baseline_kb: int | None) -> dict[str, Any] | None:
+        """Read the child's next JSON line, enforcing the deadline and (after start) the memory limit."""
+        stdout = self.proc.stdout
+        while b"\n" not in self.buffer:
+            if baseline_kb is not None:
+                peak_kb = _peak_kb(self.proc.pid)
+                if peak_kb is not None and (peak_kb - baseline_kb) * 1024 > self.limits.model_memory_mb * MB:
+                    self.proc.kill()
+                    raise ModelTooLarge(_memory_message(f"more than {self.limits.model_memory_mb:g} MB", self.limits))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.proc.kill()
+                if baseline_kb is None:
+                    raise InvalidModel("the model could not be checked: the sandbox did not start in time")
+                raise ModelLoadTimeout(_time_message(self.limits))
+            ready, _, _ = select.select([stdout], [], [], min(left, _POLL_S if baseline_kb is not None else left))
+            if ready:
+                chunk = os.read(stdout.fileno(), 65536)
+                if not chunk:
+                    return None
+                self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+
+    def _failed(self, report: dict[str, Any] | None) -> Exception:
+        """Turn a child's error report, or its death, into the API error the uploader gets."""
+        if report is not None and "error" in report:
+            text = str(report["error"])
+            if report.get("code") == "invalid_model":
+                return InvalidModel(text)
+            if any(marker in text for marker in _OUT_OF_MEMORY):
+                return ModelTooLarge(_memory_message(f"more than {self.limits.model_memory_mb:g} MB", self.limits))
+            return InvalidModel(f"file is not a loadable ONNX model: {text}")
+        code = self.proc.wait()
+        if code == -signal.SIGXCPU:
+            return ModelLoadTimeout(_time_message(self.limits))
+        if code == -signal.SIGKILL:  # the kernel's out-of-memory killer
+            return ModelTooLarge(_memory_message(f"more than {self.limits.model_memory_mb:g} MB", self.limits))
+        if code < 0:
+            name = signal.Signals(-code).name
+            return InvalidModel(f"onnxruntime stopped while loading the model ({name}); the file is not a model it can load")
+        return InvalidModel(f"the model could not be loaded (the loader exited with status {code})")
+
+
+def _peak_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _status_kb(field: bytes) -> int:
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+# -- the child ----------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _emit(record: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def _child_main(fd: int, limits: Limits) -> None:
+    _die_with_parent()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    cpu = int(limits.load_seconds) + 5  # a backstop if the parent's clock stops
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    from nexus.runtime import Runtime, session_options  # onnxruntime loads here, before the baseline
+
+    size = os.fstat(fd).st_size
+    parts, done = [], 0
+    while done < size:  # one read for any model under 2 GB: the bytes are held once
+        part = os.pread(fd, size - done, done)
+        if not part:
+            break
+        parts.append(part)
+        done += len(part)
+    os.close(fd)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    del parts
+    session_options(1, limits.inference_memory_mb)  # the process-wide pieces, outside the measurement
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    mapped = _status_kb(b"VmSize:") * 1024
+    cap = int(mapped + limits.model_memory_mb * MB + _ADDRESS_SLACK)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    baseline_kb = _status_kb(b"VmHWM:")
+    _emit({"baseline_kb": baseline_kb})
+    started = time.perf_counter()
+    try:
+        Runtime(data, 1, limits)
+    except MemoryError:
+        _emit({"error": "MemoryError"})
+        return
+    except Exception as exc:
+        _emit({"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}", "code": getattr(exc, "code", None)})
+        return
+    seconds = time.perf_counter() - started
+    peak_mb = max(0, _status_kb(b"VmHWM:") - baseline_kb) / 1024
+    _emit({"peak_mb": round(peak_mb, 1), "seconds": round(seconds, 3)})
+
+
+if __name__ == "__main__":
+    _child_main(int(sys.argv[1]), Limits(**json.loads(sys.argv[2])))
