@@ -52,13 +52,15 @@ class ModelNotFound(ApiError):
         super().__init__(f"model '{model_id}' is not registered")
         self.model_id = model_id
 
-    @classmethod
-    def unavailable(cls, model_id: str, reason: str) -> ModelNotFound:
-        """Return the 404 for a model whose files are there but cannot be served, saying why."""
-        error = cls(model_id)
-        error.message = f"model '{model_id}' is in the model directory but cannot be served: {reason}"
-        error.code = "model_unavailable"
-        return error
+
+class ModelUnavailable(ModelNotFound):
+    """404: raise when a model's files are there but it cannot be served (damaged, or over a limit)."""
+
+    code = "model_unavailable"
+
+    def __init__(self, model_id: str, reason: str) -> None:
+        ApiError.__init__(self, f"model '{model_id}' is in the model directory but cannot be served: {reason}")
+        self.model_id = model_id
 
 
 class ModelUnloaded(ModelNotFound):

@@ -37,6 +37,7 @@ from nexus.errors import (
     ModelExists,
     ModelLoading,
     ModelNotFound,
+    ModelUnavailable,
     ModelUnloaded,
     StorageUnavailable,
 )
@@ -189,7 +190,7 @@ class Registry:
         if model_id in self._unloaded:
             raise ModelUnloaded(model_id)
         if model_id in self._failed:
-            raise ModelNotFound.unavailable(model_id, self._failed[model_id][1])
+            raise ModelUnavailable(model_id, self._failed[model_id][1])
         raise ModelNotFound(model_id)
 
     # -- keeping in step with the disk -------------------------------------------------------

@@ -5,8 +5,11 @@ a short-lived child process (``python -m nexus.sandbox``) that:
 
 - starts in an empty private working directory, with no file it may write (``RLIMIT_FSIZE`` 0)
   and the same session options the workers use (external data resolved in an empty directory);
-- may map at most its start-up size plus the memory limit (``RLIMIT_AS``), while the parent
-  reads its peak resident size (``VmHWM``) every few milliseconds and kills it past the limit;
+- is watched by the parent, which reads its peak resident size (``VmHWM``) every 5 ms and kills
+  it past the limit, and is the first process the kernel's out-of-memory killer picks. It gets
+  no address-space limit on purpose: onnxruntime's constant folding gives up quietly when an
+  allocation fails, so a capped child would measure a cheap model that every worker then
+  folds in full;
 - is killed when the load takes longer than the time limit, or when its parent dies.
 
 What it measured (peak memory and seconds above the child's idle state) goes into the model's
@@ -34,8 +37,6 @@ from nexus.errors import InvalidModel, ModelLoadTimeout, ModelTooLarge
 
 _POLL_S = 0.005
 _START_TIMEOUT_S = 60  # interpreter and onnxruntime import on a loaded machine
-# What the child may map beyond its idle size and the limit: thread stacks, allocator arenas.
-_ADDRESS_SLACK = 256 * MB
 _OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "bad allocation", "Failed to allocate", "Cannot allocate", "out of memory")
 
 
@@ -214,6 +215,11 @@ def _emit(record: dict[str, Any]) -> None:
 
 def _child_main(fd: int, limits: Limits) -> None:
     _die_with_parent()
+    try:  # if memory runs out anyway, the kernel kills this process first
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("1000")
+    except OSError:
+        pass
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     cpu = int(limits.load_seconds) + 5  # a backstop if the parent's clock stops
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -232,9 +238,6 @@ def _child_main(fd: int, limits: Limits) -> None:
     del parts
     session_options(1, limits.inference_memory_mb)  # the process-wide pieces, outside the measurement
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    mapped = _status_kb(b"VmSize:") * 1024
-    cap = int(mapped + limits.model_memory_mb * MB + _ADDRESS_SLACK)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     baseline_kb = _status_kb(b"VmHWM:")
     _emit({"baseline_kb": baseline_kb})
     started = time.perf_counter()

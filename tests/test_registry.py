@@ -5,15 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import numpy as np
 import pytest
 
 from nexus import registry as registry_module
-from nexus.errors import ModelBusy, ModelExists, ModelNotFound
+from nexus.config import Settings, with_overrides
+from nexus.errors import ModelBusy, ModelExists, ModelLoading, ModelNotFound, StorageUnavailable
 from nexus.registry import Registry
 from nexus.store import ModelStore
-from tests import models
+from tests import hostile_models, models
 
 
 @pytest.fixture
@@ -198,3 +200,65 @@ def test_an_unload_within_one_timestamp_tick_is_seen(workers):
     os.utime(b.store.directory, ns=(stamp[1], stamp[1]))
     with pytest.raises(ModelNotFound, match="unloaded"):
         b.get("m")
+
+
+# -- limits and the loader thread ---------------------------------------------------------------
+
+
+def test_a_sidecar_without_a_load_check_is_measured_once_and_recorded(model_dir):
+    writer = Registry(ModelStore(model_dir), 1)
+    publish(writer, "m", models.identity())
+    sidecar = json.loads((model_dir / "m.model_info.json").read_text())
+    assert sidecar["load_check"]["sha256"] == sidecar["sha256"]
+    del sidecar["load_check"]  # as an older release wrote it
+    (model_dir / "m.model_info.json").write_text(json.dumps(sidecar))
+    reader = Registry(ModelStore(model_dir), 1)
+    assert reader.get("m").load_check["peak_mb"] >= 0
+    rewritten = json.loads((model_dir / "m.model_info.json").read_text())
+    assert rewritten["load_check"]["sha256"] == sidecar["sha256"]
+    assert {k: v for k, v in rewritten.items() if k != "load_check"} == sidecar  # nothing else changed
+
+
+def test_a_model_over_the_limits_is_not_served_and_says_why(model_dir):
+    publish(Registry(ModelStore(model_dir), 1), "m", models.identity())
+    sidecar = json.loads((model_dir / "m.model_info.json").read_text())
+    sidecar["load_check"]["peak_mb"] = 900.0
+    (model_dir / "m.model_info.json").write_text(json.dumps(sidecar))
+    strict = Registry(ModelStore(model_dir), 1, limits=with_overrides(Settings(), {"max_model_memory_mb": 512}).limits)
+    with pytest.raises(ModelNotFound, match="needs 900 MB of memory; the limit is 512 MB") as info:
+        strict.get("m")
+    assert info.value.code == "model_unavailable"
+    assert strict.index()[0]["state"] == "UNAVAILABLE"
+    assert Registry(ModelStore(model_dir), 1).get("m").id == "m"  # under the default 2048 MB it is served
+
+
+def test_the_loader_thread_never_makes_one_model_wait_for_another(model_dir):
+    writer = Registry(ModelStore(model_dir), 1)
+    publish(writer, "fast", models.identity())
+    publish(writer, "slow", hostile_models.slow_to_load(2000, 12))  # about 2 s to build a session
+    worker = Registry(ModelStore(model_dir), 1, load_wait_s=0.2)
+    worker.start()
+    started = time.monotonic()
+    worker.get("fast")  # may wait for its own load, never for "slow"
+    with pytest.raises(ModelLoading) as info:
+        worker.get("slow")
+    assert time.monotonic() - started < 1.5
+    assert info.value.status == 503 and info.value.headers == {"Retry-After": "1"}
+    model, deadline = None, time.monotonic() + 30
+    while model is None and time.monotonic() < deadline:
+        try:
+            model = worker.get("slow")
+        except ModelLoading:
+            time.sleep(0.1)
+    assert model is not None and model.id == "slow"
+
+
+def test_a_missing_directory_is_a_fast_503_on_every_path(model_dir, tmp_path):
+    worker = Registry(ModelStore(model_dir), 1)
+    publish(worker, "m", models.identity())
+    model_dir.rename(tmp_path / "elsewhere")
+    started = time.monotonic()
+    for call in (lambda: worker.get("m"), worker.models, worker.store.new_pending, lambda: worker.delete("m")):
+        with pytest.raises(StorageUnavailable):
+            call()
+    assert time.monotonic() - started < 1
