@@ -410,8 +410,8 @@ def fill() -> bytes:
     return _checked(helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION))
 
 
-def slow_to_load(size: int = 3000, matmuls: int = 8) -> bytes:
-    """(i) A model of about 400 bytes whose session takes seconds to create (about 5 s on 2 cores here).
+def slow_to_load(size: int = 3000, matmuls: int = 6) -> bytes:
+    """(i) A model of about 400 bytes whose session takes seconds to create (about 4 s on one core here).
 
     Two ConstantOfShape ``[size, size]`` matrices and a chain of ``matmuls`` MatMuls on them
     have constant inputs only, so the session's constant folding computes the chain (``size**3``
