@@ -141,7 +141,8 @@ class Edge:
         if timer is not None:
             fields["model_id"] = timer.model_id
             fields["latency_ms"] = timer.latency_ms
-            fields["outcome"] = "success" if status < "400" else "error"
+            fields["outcome"] = outcome = "success" if status < "400" else "error"
+            metrics.prediction_done(timer.model_id, outcome)
         log.log(logging.ERROR if status >= "500" else logging.INFO, "prediction" if timer else "request", extra=fields)
 
 

@@ -208,8 +208,10 @@ def decode_features(name: str, values: Any, dtype: DType, declared: tuple[int, .
 
 
 def encode_output(value: Any) -> Any:
-    """Make an onnxruntime output JSON-ready: arrays stay arrays, strings become lists, maps keep order."""
+    """Make an onnxruntime output JSON-ready: arrays stay arrays, scalars become numbers, strings lists."""
     if isinstance(value, np.ndarray):
+        if value.ndim == 0:  # orjson writes arrays, not 0-d ones
+            return value.item()
         if value.dtype.kind in "OUS" or value.dtype.kind == "V" or not value.dtype.isnative:
             return value.tolist()
         return value if value.flags.c_contiguous else np.ascontiguousarray(value)

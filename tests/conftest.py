@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from nexus import create_app
 from tests import models
@@ -89,3 +90,8 @@ def assert_error(response, status: int, code: str, words: str) -> dict:
     assert isinstance(body["error"], str) and words in body["error"], body["error"]
     assert isinstance(body["request_id"], str) and body["request_id"] == response.headers["X-Request-ID"]
     return body
+
+
+def metric(name: str, **labels) -> float:
+    """The current value of one sample of this process's Prometheus registry (0 when absent)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0

@@ -151,3 +151,12 @@ def mlp(in_features: int = 16, hidden: int = 32, out_features: int = 5, seed: in
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, out_features])],
         [numpy_helper.from_array(v, k) for k, v in arrays.items()],
     )
+
+
+def total() -> bytes:
+    """S = sum of X (float [N, 4]) as a 0-d tensor (ReduceSum with keepdims=0)."""
+    return _model(
+        [helper.make_node("ReduceSum", ["X"], ["S"], keepdims=0)],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 4])],
+        [helper.make_tensor_value_info("S", TensorProto.FLOAT, [])],
+    )

@@ -10,10 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests import models
-
-
-def sample(name: str, **labels) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+from tests.conftest import metric as sample
 
 
 @pytest.mark.parametrize("path", ["/health", "/models", "/nope", "/models/ghost"])

@@ -30,8 +30,8 @@ def handle(app_state, environ: dict[str, Any]) -> Reply:
     model = app_state.registry.get(_model_id(body))
     request_id = _request_id(environ, body)
     started = time.perf_counter()
-    with metrics.prediction(environ, model.id) as timer:
-        results = timer.run(model.runtime, feeds(model, body))
+    timer = metrics.prediction(environ, model.id)
+    results = timer.run(model.runtime, feeds(model, body))
     outputs = {spec.name: encode_output(value) for spec, value in zip(model.outputs, results, strict=True)}
     timer.latency_ms = round((time.perf_counter() - started) * 1000, 3)
     return Reply(dumps({

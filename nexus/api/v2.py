@@ -70,10 +70,10 @@ def handle_infer(app_state, environ: dict[str, Any], name: str, version: str | N
     check_predict_token(app_state.settings, environ)
     model = _model(app_state, name, version)
     body, binary = _read_request(environ, app_state.settings.max_request_bytes)
-    with metrics.prediction(environ, model.id) as timer:
-        feeds = _feeds(model, body.get("inputs"), binary)
-        wanted = _wanted_outputs(model, body)
-        results = timer.run(model.runtime, feeds, [output for output, _ in wanted])
+    timer = metrics.prediction(environ, model.id)
+    feeds = _feeds(model, body.get("inputs"), binary)
+    wanted = _wanted_outputs(model, body)
+    results = timer.run(model.runtime, feeds, [output for output, _ in wanted])
     return _response(model, body, wanted, results)
 
 

@@ -9,8 +9,6 @@ series twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from flask import Flask
 from prometheus_client import Counter, Gauge, Histogram
@@ -75,17 +73,15 @@ class PredictionTimer:
         return results
 
 
-@contextmanager
-def prediction(environ: dict, model_id: str) -> Iterator[PredictionTimer]:
-    """Count one prediction on a registered model as ``success`` or ``error`` and note it for the log."""
-    timer = PredictionTimer(model_id)
-    environ[PREDICTION_ENVIRON] = timer
-    try:
-        yield timer
-    except Exception:
-        _child(PREDICTIONS, model_id, "error").inc()
-        raise
-    _child(PREDICTIONS, model_id, "success").inc()
+def prediction(environ: dict, model_id: str) -> PredictionTimer:
+    """Note one prediction on a registered model; the middleware counts it by what the client got."""
+    timer = environ[PREDICTION_ENVIRON] = PredictionTimer(model_id)
+    return timer
+
+
+def prediction_done(model_id: str, outcome: str) -> None:
+    """Count a prediction as ``success`` or ``error``, from the status its response carried."""
+    _child(PREDICTIONS, model_id, outcome).inc()
 
 
 # The registry reports to this module through these two functions (it knows nothing of Prometheus).

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto
 
 from tests import models
-from tests.conftest import TOKEN, assert_error, files_in, strict_json, upload
+from tests.conftest import TOKEN, assert_error, files_in, metric, strict_json, upload
 
 
 def case_id(value):
@@ -285,3 +285,15 @@ def test_predict_is_open_unless_protected(make_app, protect, header, status):
 
 def test_get_on_predict_is_405_json(client):
     assert_error(client.get("/predict"), 405, "method_not_allowed", "not allowed")
+
+
+def test_a_scalar_output_is_a_number_on_predict_and_counted_as_what_the_client_got(client, upload_model):
+    upload_model(models.total(), "sum")
+    before = metric("model_predictions_total", model_id="sum", status="success")
+    response = predict(client, {"model_id": "sum", "features": [1, 2, 3, 4.5]})
+    assert response.status_code == 200, response.get_json()
+    body = strict_json(response)
+    assert body["prediction"] == [10.5] and body["outputs"] == {"S": 10.5}
+    assert metric("model_predictions_total", model_id="sum", status="success") == before + 1
+    v2 = client.post("/v2/models/sum/infer", json={"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4.5]}]})
+    assert v2.get_json()["outputs"] == [{"name": "S", "datatype": "FP32", "shape": [], "data": [10.5]}]
