@@ -15,7 +15,13 @@ bp = Blueprint("console", __name__, static_folder=str(STATIC), static_url_path="
 
 @bp.get("/")
 def index():
-    response = send_from_directory(STATIC, "index.html", max_age=0)
+    return send_from_directory(STATIC, "index.html", max_age=0)
+
+
+@bp.after_request
+def _protect(response):
+    """Every response of the console (the page at /, the static files under /console/, their 404s)
+    carries the policy and nosniff: the page is also reachable as /console/index.html."""
     response.headers["Content-Security-Policy"] = POLICY
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 import time
 
 import numpy as np
@@ -14,53 +11,15 @@ import pytest
 import requests
 
 from tests import models
-from tests.live.server import ROOT, free_port
+from tests.live.nginx import MISSING, NGINX, running_nginx
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (Debian package nginx-light)")
-
-
-def _config(tmp_path, listen_port: int, upstream_port: int) -> str:
-    """The shipped config, pointed at this test's ports and files (nothing else changes)."""
-    text = (ROOT / "deploy" / "nginx.conf").read_text()
-    replacements = [
-        (r"listen 8000;", f"listen 127.0.0.1:{listen_port};"),
-        (r"server 127\.0\.0\.1:8080;", f"server 127.0.0.1:{upstream_port};"),
-        (r"pid /tmp/nexus-nginx\.pid;", f"pid {tmp_path}/nginx.pid;"),
-        (r"error_log stderr warn;", f"error_log {tmp_path}/error.log warn;"),
-        (r"access_log /dev/stdout nexus_json;", f"access_log {tmp_path}/access.log nexus_json;"),
-        (r"/tmp/nexus-nginx-", f"{tmp_path}/temp-"),
-    ]
-    for pattern, value in replacements:
-        text, count = re.subn(pattern, value, text)
-        assert count, f"deploy/nginx.conf no longer has {pattern!r}"
-    if os.geteuid() == 0:
-        text = "user root;\n" + text  # workers may then write the test's temp directories
-    return text
+pytestmark = pytest.mark.skipif(NGINX is None, reason=MISSING)
 
 
 @pytest.fixture
 def nginx(live, tmp_path):
-    port = free_port()
-    config = tmp_path / "nginx.conf"
-    config.write_text(_config(tmp_path, port, live.port))
-    checked = subprocess.run([NGINX, "-t", "-c", str(config), "-p", str(tmp_path)], capture_output=True, text=True)
-    assert checked.returncode == 0, checked.stderr
-    proc = subprocess.Popen([NGINX, "-c", str(config), "-p", str(tmp_path), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                requests.get(f"{url}/health/live", timeout=1)
-                break
-            except requests.RequestException:
-                time.sleep(0.1)
-        yield url, tmp_path / "access.log"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with running_nginx(tmp_path, live.port) as started:
+        yield started
 
 
 def test_large_upload_predict_and_one_request_id_through_nginx(live, nginx):
