@@ -1,29 +1,35 @@
 """gunicorn settings for Model Nexus: ``gunicorn -c gunicorn.conf.py wsgi:app``.
 
-Every value comes from the environment, so one file serves development, Docker and Kubernetes.
-A ``--bind`` or ``--workers`` on the command line still wins over these.
+Every value comes from the environment, through the same Settings the app reads (nexus.config),
+so one file serves development, Docker and Kubernetes. A ``--bind`` or ``--workers`` on the
+command line still wins over these.
 """
 
 import os
 import shutil
 import tempfile
 
+from nexus.config import from_env
+
+_settings = from_env()  # a bad value stops the start here, naming the variable
+
 # -- Prometheus multiprocess mode -------------------------------------------------------------
 # Must be in the environment before any worker imports prometheus_client. An operator's own
 # directory is honoured; otherwise each server start gets a fresh private one.
+# Its name carries the master's pid, so a start can remove those of masters that were killed.
+_METRICS_PREFIX = "nexus-metrics-"
 _own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _own_metrics_dir:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nexus-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 # -- serving ----------------------------------------------------------------------------------
 # Loopback unless HOST says otherwise: sync workers facing clients directly can be held by a few
 # slow ones (slowloris), so an exposed server belongs behind nginx (deploy/nginx.conf). The image
 # sets HOST=0.0.0.0, since a container is reached through its own network namespace.
-_host = os.environ.get("HOST", "127.0.0.1")
-_port = os.environ.get("PORT", "8080")
+_host, _port = _settings.host, _settings.port
 bind = f"[{_host}]:{_port}" if ":" in _host else f"{_host}:{_port}"
-workers = int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1)
+workers = _settings.workers
 # sync workers measured fastest for small predictions (README: "Choosing the worker class").
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "sync")
 threads = int(os.environ.get("GUNICORN_THREADS", "1"))
@@ -41,7 +47,7 @@ control_socket_disable = True
 
 # -- logs: one JSON object per line on stdout, gunicorn's own lines included -------------------
 logger_class = "nexus.observability.logs.GunicornLogger"
-loglevel = os.environ.get("NEXUS_LOG_LEVEL", "INFO").lower()
+loglevel = _settings.log_level.lower()
 errorlog = "-"
 # The app writes one JSON line per request; set GUNICORN_ACCESS_LOG=- for gunicorn's as well.
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
@@ -49,8 +55,25 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)s %({x-request-id}o)s'
 
 
 # -- hooks --------------------------------------------------------------------------------------
+def _remove_dead_masters_metrics():
+    """Remove the metrics directories that masters killed before their ``on_exit`` left behind."""
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        pid = name[len(_METRICS_PREFIX):].partition("-")[0] if name.startswith(_METRICS_PREFIX) else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 def on_starting(server):
     """Empty the metrics directory and clear leftovers of interrupted uploads, once, in the master."""
+    if _own_metrics_dir:
+        _remove_dead_masters_metrics()
     os.makedirs(_metrics_dir, exist_ok=True)
     for name in os.listdir(_metrics_dir):
         path = os.path.join(_metrics_dir, name)
@@ -58,20 +81,17 @@ def on_starting(server):
             shutil.rmtree(path)
         else:
             os.unlink(path)
-    from nexus.config import from_env
     from nexus.store import ModelStore
 
-    store = ModelStore(from_env().model_dir)
+    store = ModelStore(_settings.model_dir)
     store.ensure()
     store.clean_leftovers()
 
 
 def when_ready(server):
     """Warn when anyone who can reach the port may upload and delete models."""
-    from nexus.config import from_env
-
     open_addresses = [a for a in server.cfg.address if isinstance(a, tuple) and not _loopback(a[0])]
-    if open_addresses and from_env().api_token is None:
+    if open_addresses and _settings.api_token is None:
         server.log.warning(
             "uploads and deletes are open to anyone who can reach %s: set NEXUS_API_TOKEN, or bind loopback (HOST=127.0.0.1) "
             "behind a proxy", ", ".join(f"{a[0]}:{a[1]}" for a in open_addresses)
@@ -109,10 +129,9 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-    from nexus.config import from_env
     from nexus.store import ModelStore
 
     try:
-        ModelStore(from_env().model_dir).clean_leftovers()
+        ModelStore(_settings.model_dir).clean_leftovers()
     except OSError as exc:  # a missing directory: the workers report it
         server.log.warning("could not clean the model directory after a worker exit: %s", exc)

@@ -60,10 +60,10 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
 
 
 def hot_routes() -> dict:
-    """The POST routes the middleware serves without Flask (the Flask routes stay for the url map)."""
+    """The Flask endpoints whose POSTs the middleware serves itself, and the handler of each."""
     from nexus.api import predict, v2
 
-    return {predict.ROUTE: predict.handle, **dict.fromkeys(v2.INFER_ROUTES, v2.handle_infer)}
+    return {"predict.predict": predict.handle, "v2.infer": v2.handle_infer}
 
 
 def start_worker(app: Flask) -> None:

@@ -1,10 +1,14 @@
-"""Settings for one server process, read once from the environment (and an optional ``.env``)."""
+"""Settings for one server, read once from the environment (and a ``.env`` file, if one is named).
+
+gunicorn.conf.py reads the same Settings as the app, so the bind address, the worker count and the
+log level are parsed in one place.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 MB = 1024 * 1024
@@ -16,6 +20,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     model_dir: Path = Path("models")
     max_upload_mb: float = 512
     max_request_mb: float = 32
@@ -78,6 +85,19 @@ def _flag(raw: str) -> bool:
     raise ValueError("must be 1/0, true/false, yes/no or on/off")
 
 
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 < value < 65536:
+        raise ValueError("must be a port number from 1 to 65535")
+    return value
+
+
+def _host(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must be an address such as 127.0.0.1 or 0.0.0.0")
+    return raw.strip()
+
+
 def _log_level(raw: str) -> str:
     level = raw.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -91,6 +111,9 @@ def _origins(raw: str) -> tuple[str, ...]:
 
 
 _ENV = {
+    "HOST": ("host", _host),
+    "PORT": ("port", _port),
+    "WEB_CONCURRENCY": ("workers", _positive_int),
     "NEXUS_MODEL_DIR": ("model_dir", Path),
     "NEXUS_MAX_UPLOAD_MB": ("max_upload_mb", _positive_number),
     "NEXUS_MAX_REQUEST_MB": ("max_request_mb", _positive_number),
@@ -124,29 +147,34 @@ def read_dotenv(path: Path) -> dict[str, str]:
     return pairs
 
 
-def default_ort_threads(environ: Mapping[str, str]) -> int:
+def default_ort_threads(workers: int) -> int:
     """Give each worker an equal share of the cores so workers x threads never exceeds them."""
-    cores = os.cpu_count() or 1
-    try:
-        workers = int(environ.get("WEB_CONCURRENCY", "") or cores)
-    except ValueError:
-        workers = cores
-    return max(1, cores // max(1, workers))
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def from_env(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
-    """Build the settings from ``environ`` (default ``os.environ``) over the values of a ``.env`` file."""
-    env = dict(read_dotenv(dotenv)) if dotenv else {}
-    env.update(os.environ if environ is None else environ)
-    values: dict[str, object] = {"ort_threads": default_ort_threads(env)}
-    for name, (field, parse) in _ENV.items():
+def from_env(environ: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
+    """Build the settings from ``environ`` (default ``os.environ``) over the values of a ``.env`` file.
+
+    The file is read only when named, by ``dotenv`` or by ``NEXUS_ENV_FILE``, so a developer's
+    stray ``.env`` never changes a server or a test run that did not ask for it.
+    """
+    env = dict(os.environ if environ is None else environ)
+    if dotenv is None and env.get("NEXUS_ENV_FILE"):
+        dotenv = Path(env["NEXUS_ENV_FILE"])
+        if not dotenv.is_file():
+            raise ConfigError(f"NEXUS_ENV_FILE={str(dotenv)!r}: no such file")
+    env = {**read_dotenv(dotenv), **env} if dotenv else env
+    values: dict[str, object] = {}
+    for name, (field_name, parse) in _ENV.items():
         raw = env.get(name)
-        if raw is None:
+        if raw is None or (raw == "" and field_name != "api_token"):
             continue
         try:
-            values[field] = parse(raw)
+            values[field_name] = parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    if "ort_threads" not in values:
+        values["ort_threads"] = default_ort_threads(int(values.get("workers") or (os.cpu_count() or 1)))
     return Settings(**values)
 
 

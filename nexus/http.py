@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import uuid
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -25,6 +24,7 @@ log = logging.getLogger("nexus.errors")
 
 REQUEST_ID_ENVIRON = "nexus.request_id"
 ROUTE_ENVIRON = "nexus.route"
+CALL_ENVIRON = "nexus.call"  # the inference.Call of a prediction, for the middleware's metrics and log line
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
 # NaN and +-Infinity become null (orjson's rule); numpy arrays and int map keys are written natively.
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -85,25 +85,6 @@ def current_request_id() -> str | None:
     if environ is None:
         environ = request.environ if request else None
     return request_id_of(environ) if environ is not None else None
-
-
-_second_text: tuple[int, str] = (0, "1970-01-01T00:00:00")
-
-
-def rfc3339(timestamp: float) -> str:
-    """Format a Unix time as RFC 3339 UTC with milliseconds and a ``Z`` (the second's text is cached)."""
-    global _second_text
-    second = int(timestamp)
-    cached_second, text = _second_text
-    if second != cached_second:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second_text = (second, text)
-    return f"{text}.{int((timestamp - second) * 1000):03d}Z"
-
-
-def utc_now() -> str:
-    """Return the current time as RFC 3339 UTC with milliseconds and a ``Z``."""
-    return rfc3339(time.time())
 
 
 def dumps(body: Any) -> bytes:
@@ -200,7 +181,14 @@ def unexpected_reply(exc: BaseException, request_id: str) -> Reply:
 def _from_werkzeug(exc: HTTPException) -> ApiError:
     status = exc.code or 500
     if status == 413:
-        return TooLarge.over(request.max_content_length or 0)
+        limit = request.max_content_length or 0
+        if request.content_length is not None and request.content_length <= limit:
+            # Werkzeug raises the same error when a form has too many parts or too large a field.
+            return TooLarge(
+                f"the multipart form has too many parts (at most {request.max_form_parts}) or a text field over "
+                f"{round((request.max_form_memory_size or 0) / 1024)} KB; send only file, id, name and version"
+            )
+        return TooLarge.over(limit)
     error = ApiError(_WERKZEUG_MESSAGES.get(status) or (exc.description or exc.name or "error").strip())
     error.status = status
     error.code = "_".join(exc.name.lower().split()) if exc.name else "http_error"

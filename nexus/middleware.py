@@ -23,7 +23,7 @@ from typing import Any
 from werkzeug.exceptions import HTTPException
 
 from nexus.errors import ApiError
-from nexus.http import REQUEST_ID_ENVIRON, ROUTE_ENVIRON, Reply, error_reply, serving, unexpected_reply, valid_request_id
+from nexus.http import CALL_ENVIRON, REQUEST_ID_ENVIRON, ROUTE_ENVIRON, Reply, error_reply, serving, unexpected_reply, valid_request_id
 from nexus.observability import metrics
 
 log = logging.getLogger("nexus.request")
@@ -41,7 +41,8 @@ _STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
 class Edge:
     """Wrap a Flask app's ``wsgi_app``: ``app.wsgi_app = Edge(app, origins, hot_routes)``.
 
-    ``hot_routes`` maps POST route templates (Flask syntax) to ``handler(state, environ, **params)``.
+    ``hot_routes`` maps Flask endpoints to ``handler(state, environ, **params)``; their POST rules
+    are read from the app's url map, so each route is declared once, on its view.
     """
 
     def __init__(self, app, origins: tuple[str, ...], hot_routes: dict[str, Handler]) -> None:
@@ -50,8 +51,9 @@ class Edge:
         self.wsgi_app = app.wsgi_app
         self.any_origin = "*" in origins
         self.origins = frozenset(origins)
-        self.exact = {t: (t, h) for t, h in hot_routes.items() if "<" not in t}
-        self.patterns = [(_compile(t), t, h) for t, h in hot_routes.items() if "<" in t]
+        rules = [(r.rule, hot_routes[r.endpoint]) for r in app.url_map.iter_rules() if r.endpoint in hot_routes and "POST" in r.methods]
+        self.exact = {t: (t, h) for t, h in rules if "<" not in t}
+        self.patterns = [(_compile(t), t, h) for t, h in rules if "<" in t]
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -137,13 +139,15 @@ class Edge:
             "status": int(status),
             "duration_ms": round(seconds * 1000, 3),
         }
-        timer = environ.get(metrics.PREDICTION_ENVIRON)
-        if timer is not None:
-            fields["model_id"] = timer.model_id
-            fields["latency_ms"] = timer.latency_ms
+        call = environ.get(CALL_ENVIRON)
+        if call is not None and call.model_id is not None:  # a prediction on a registered model
+            fields["model_id"] = call.model_id
+            fields["latency_ms"] = call.latency_ms
             fields["outcome"] = outcome = "success" if status < "400" else "error"
-            metrics.prediction_done(timer.model_id, outcome)
-        log.log(logging.ERROR if status >= "500" else logging.INFO, "prediction" if timer else "request", extra=fields)
+            metrics.prediction_done(call.model_id, outcome)
+        else:
+            call = None
+        log.log(logging.ERROR if status >= "500" else logging.INFO, "prediction" if call else "request", extra=fields)
 
 
 def _compile(template: str) -> re.Pattern:

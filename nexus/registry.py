@@ -41,7 +41,7 @@ from nexus.errors import (
     ModelUnloaded,
     StorageUnavailable,
 )
-from nexus.http import utc_now
+from nexus.clock import utc_now
 from nexus.runtime import Runtime, TensorSpec, check_model_bytes
 from nexus.store import ModelStore, PendingFile, check_id, sha256_of
 
@@ -91,6 +91,10 @@ class Model:
 
     def sidecar(self) -> dict[str, Any]:
         return {"format": SIDECAR_FORMAT, **self.details(), "load_check": self.load_check}
+
+
+_DONE = threading.Event()
+_DONE.set()
 
 
 class _Busy(Exception):
@@ -145,8 +149,16 @@ class Registry:
             return None
 
     def models(self) -> list[Model]:
-        """Return every model, sorted by id."""
+        """Return every model, sorted by id, after waiting (bounded) for those this worker is loading."""
         self.refresh()
+        deadline = time.monotonic() + self.load_wait_s
+        with self._lock:
+            pending = list(self._pending)
+        for model_id in pending:
+            if self._loader_pid != os.getpid():
+                self._load_pending()
+            elif not self._pending.get(model_id, (None, _DONE))[1].wait(max(0.0, deadline - time.monotonic())):
+                break  # the rest are listed once loaded; a listing never waits longer than one model would
         with self._lock:
             return [self._models[k] for k in sorted(self._models)]
 
@@ -303,14 +315,18 @@ class Registry:
             with self.store.open_model(model_id) as file:
                 data = file.read()
                 digest = sha256_of(data)
-                if sidecar.get("sha256") is not None and sidecar["sha256"] != digest:
-                    raise ValueError("the .onnx file does not match the sha256 in its sidecar")
+                if sidecar.get("sha256") != digest:
+                    raise ValueError("the .onnx file does not match the sha256 in its sidecar" if "sha256" in sidecar
+                                     else "the sidecar does not name the model's sha256, so its file cannot be verified")
                 record, reason = self._admit(model_id, sidecar, digest, file.fileno())
             if reason is not None:
                 raise ValueError(reason)
             model = self._model(model_id, sidecar, data, digest, Runtime(data, self.ort_threads, self.limits), signature, record)
         except _Busy:
             raise
+        except FileNotFoundError:  # deleted between the directory's listing and this read: not an error
+            log.debug("model went away while loading", extra={"model_id": model_id})
+            return None
         except Exception as exc:  # a bad file must never stop the others from loading
             reason = getattr(exc, "message", None) or str(exc)
             self._failed[model_id] = (signature, reason)

@@ -227,6 +227,7 @@ def flatten_output(value: Any) -> Any:
 
 # -- Open Inference Protocol (V2) -------------------------------------------------------------
 
+MAX_DIMS = 64  # numpy's own limit on an array's dimensions
 _MAP_VALUE = re.compile(r"^seq\(map\((\w+),\s*tensor\((\w+)\)\)\)$")
 
 
@@ -246,6 +247,8 @@ def element_count(name: str, shape: Any) -> int:
     """Validate a V2 ``shape`` (a list of non-negative ints) and return its element count."""
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadInput(f"input '{name}': shape must be a list of non-negative integers")
+    if len(shape) > MAX_DIMS:
+        raise BadInput(f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
     return math.prod(shape)
 
 

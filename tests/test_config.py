@@ -20,11 +20,19 @@ def test_defaults(tmp_path):
 
 def test_every_variable_is_read(tmp_path):
     settings = from_env({
+        "HOST": "0.0.0.0", "PORT": "9000", "WEB_CONCURRENCY": "3",
         "NEXUS_MODEL_DIR": "/srv/models", "NEXUS_MAX_UPLOAD_MB": "64", "NEXUS_MAX_REQUEST_MB": "0.5",
         "NEXUS_API_TOKEN": "t", "NEXUS_PROTECT_PREDICT": "yes", "NEXUS_ORT_THREADS": "3", "NEXUS_LOG_LEVEL": "debug",
-        "NEXUS_CORS_ORIGINS": "https://a.example, https://b.example",
+        "NEXUS_CORS_ORIGINS": "https://a.example, https://b.example", "NEXUS_MAX_MODEL_MEMORY_MB": "512",
+        "NEXUS_MAX_LOAD_SECONDS": "2.5", "NEXUS_INFERENCE_TIMEOUT_S": "1.5", "NEXUS_MAX_INFERENCE_MEMORY_MB": "256",
+        "NEXUS_LOAD_WAIT_S": "0.5",
     }, dotenv=None)
-    assert settings == Settings(Path("/srv/models"), 64, 0.5, "t", True, 3, "DEBUG", ("https://a.example", "https://b.example"))
+    assert settings == Settings(
+        host="0.0.0.0", port=9000, workers=3, model_dir=Path("/srv/models"), max_upload_mb=64, max_request_mb=0.5,
+        api_token="t", protect_predict=True, ort_threads=3, log_level="DEBUG",
+        cors_origins=("https://a.example", "https://b.example"), max_model_memory_mb=512, max_load_seconds=2.5,
+        inference_timeout_s=1.5, max_inference_memory_mb=256, load_wait_s=0.5,
+    )
     assert settings.max_upload_bytes == 64 * 1024 * 1024
 
 
@@ -55,21 +63,35 @@ def test_a_bad_value_in_the_dotenv_file_names_the_variable(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("cores", "web_concurrency", "threads"),
-    [(8, "1", 8), (8, "2", 4), (8, "3", 2), (8, "8", 1), (8, "64", 1), (8, None, 1), (8, "junk", 1), (8, "", 1), (1, "4", 1), (None, "2", 1)],
+    ("cores", "workers", "threads"),
+    [(8, 1, 8), (8, 2, 4), (8, 3, 2), (8, 8, 1), (8, 64, 1), (1, 4, 1), (None, 2, 1)],
 )
-def test_default_threads_share_the_cores(monkeypatch, cores, web_concurrency, threads):
+def test_default_threads_share_the_cores(monkeypatch, cores, workers, threads):
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
-    environ = {} if web_concurrency is None else {"WEB_CONCURRENCY": web_concurrency}
-    assert default_ort_threads(environ) == threads
-    workers = int(web_concurrency) if (web_concurrency or "").isdigit() else (cores or 1)
+    assert default_ort_threads(workers) == threads
     assert threads * workers <= max(cores or 1, workers)
 
 
 def test_from_env_uses_the_share_unless_threads_are_set(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    assert from_env({"WEB_CONCURRENCY": "4"}, dotenv=None).ort_threads == 2
-    assert from_env({"WEB_CONCURRENCY": "4", "NEXUS_ORT_THREADS": "3"}, dotenv=None).ort_threads == 3
+    assert from_env({"WEB_CONCURRENCY": "4"}).ort_threads == 2
+    assert from_env({}).workers == 8 and from_env({}).ort_threads == 1
+    assert from_env({"WEB_CONCURRENCY": "4", "NEXUS_ORT_THREADS": "3"}).ort_threads == 3
+
+
+@pytest.mark.parametrize(("name", "value"), [("WEB_CONCURRENCY", "junk"), ("WEB_CONCURRENCY", "0"), ("PORT", "70000"), ("HOST", " ")])
+def test_the_server_settings_gunicorn_reads_are_checked_too(name, value):
+    with pytest.raises(ConfigError, match=name):
+        from_env({name: value})
+
+
+def test_a_dotenv_file_is_read_only_when_named(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("NEXUS_MAX_UPLOAD_MB=10\n")
+    monkeypatch.chdir(tmp_path)
+    assert from_env({}).max_upload_mb == 512  # a stray .env in the working directory changes nothing
+    assert from_env({"NEXUS_ENV_FILE": str(tmp_path / ".env")}).max_upload_mb == 10
+    with pytest.raises(ConfigError, match="NEXUS_ENV_FILE"):
+        from_env({"NEXUS_ENV_FILE": str(tmp_path / "missing.env")})
 
 
 def test_overrides_replace_known_fields_and_keep_the_rest():

@@ -149,3 +149,10 @@ def test_json_formatter_writes_one_object_per_line_with_the_request_id(app, clie
     assert all(p["time"].endswith("Z") for p in parsed)
     uploaded = [p for p in parsed if p["message"] == "model uploaded"]
     assert uploaded and uploaded[0]["request_id"] == "up-2" and uploaded[0]["model_id"] == "logged"
+
+
+def test_the_hot_routes_come_from_the_url_map(app):
+    edge = app.wsgi_app
+    assert set(edge.exact) == {"/predict"}
+    assert sorted(template for _, template, _ in edge.patterns) == [
+        "/v2/models/<name>/infer", "/v2/models/<name>/versions/<version>/infer"]

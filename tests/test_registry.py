@@ -262,3 +262,12 @@ def test_a_missing_directory_is_a_fast_503_on_every_path(model_dir, tmp_path):
         with pytest.raises(StorageUnavailable):
             call()
     assert time.monotonic() - started < 1
+
+
+def test_a_sidecar_without_a_sha256_is_not_trusted(model_dir):
+    publish(Registry(ModelStore(model_dir), 1), "m", models.identity())
+    sidecar = json.loads((model_dir / "m.model_info.json").read_text())
+    del sidecar["sha256"]
+    (model_dir / "m.model_info.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ModelNotFound, match="does not name the model's sha256"):
+        Registry(ModelStore(model_dir), 1).get("m")

@@ -9,7 +9,8 @@ from flask import Blueprint
 from nexus import __version__
 from nexus.api import nexus
 from nexus.errors import NotReady
-from nexus.http import json_response, utc_now
+from nexus.clock import utc_now
+from nexus.http import json_response
 
 bp = Blueprint("health", __name__)
 
@@ -30,7 +31,8 @@ def live():
 def ready():
     """Say whether this worker has loaded the model directory and can still read it."""
     check_ready()
-    return json_response({"status": "ready", "models": nexus().registry.count(), "version": __version__, "timestamp": utc_now()})
+    count = len(nexus().registry.models())  # in step with the directory, like every prediction
+    return json_response({"status": "ready", "models": count, "version": __version__, "timestamp": utc_now()})
 
 
 def check_ready() -> None:

@@ -6,45 +6,43 @@ request context; the Flask view below routes the same function (405s, OPTIONS, t
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import numpy as np
 from flask import Blueprint, request
 
 from nexus.api import check_predict_token, nexus
 from nexus.errors import BadInput
-from nexus.http import REQUEST_ID_ENVIRON, Reply, dumps, read_json_body, request_id_of, to_response, utc_now, valid_request_id
-from nexus.observability import metrics
-from nexus.registry import Model
+from nexus.http import CALL_ENVIRON, REQUEST_ID_ENVIRON, Reply, dumps, read_json_body, request_id_of, to_response, valid_request_id
+from nexus import inference
+from nexus.clock import utc_now
+from nexus.inference import Call, InferenceRequest, Input
 from nexus.tensors import decode_features, encode_output, flatten_output
 
 bp = Blueprint("predict", __name__)
-ROUTE = "/predict"
 
 
 def handle(app_state, environ: dict[str, Any]) -> Reply:
     """Answer one ``POST /predict``."""
     check_predict_token(app_state.settings, environ)
     body = read_json_body(environ, app_state.settings.max_request_bytes)
-    model = app_state.registry.get(_model_id(body))
+    model_id = _model_id(body)
     request_id = _request_id(environ, body)
-    started = time.perf_counter()
-    timer = metrics.prediction(environ, model.id)
-    results = timer.run(model.runtime, feeds(model, body))
-    outputs = {spec.name: encode_output(value) for spec, value in zip(model.outputs, results, strict=True)}
-    timer.latency_ms = round((time.perf_counter() - started) * 1000, 3)
+    call = environ[CALL_ENVIRON] = Call()
+    answer = inference.infer(app_state.registry, InferenceRequest(model_id, _inputs(body)), call)
+    outputs = {spec.name: encode_output(value) for spec, value in answer.outputs}
+    prediction = flatten_output(answer.outputs[0][1])
+    call.finish()
     return Reply(dumps({
-        "model_id": model.id,
+        "model_id": answer.model.id,
         "request_id": request_id,
-        "prediction": flatten_output(results[0]),
+        "prediction": prediction,
         "outputs": outputs,
-        "latency_ms": timer.latency_ms,
+        "latency_ms": call.latency_ms,
         "timestamp": utc_now(),
     }))
 
 
-@bp.post(ROUTE)
+@bp.post("/predict")
 def predict():
     return to_response(handle(nexus(), request.environ))
 
@@ -67,32 +65,20 @@ def _request_id(environ: dict[str, Any], body: dict[str, Any]) -> str:
     return request_id_of(environ)
 
 
-def feeds(model: Model, body: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Decode ``features`` (single-input models) or ``inputs`` (any model) into onnxruntime feeds."""
-    specs = model.inputs
+def _inputs(body: dict[str, Any]) -> list[Input]:
+    """Read ``features`` (the model's only input) or ``inputs`` (any model, by name)."""
     if "features" in body and "inputs" in body:
         raise BadInput("send either 'features' or 'inputs', not both")
     if "features" in body:
-        if len(specs) != 1:
-            names = ", ".join(s.name for s in specs)
-            raise BadInput(f"model '{model.id}' has {len(specs)} inputs ({names}); send 'inputs': {{name: values}} instead of 'features'")
-        spec = specs[0]
-        return {spec.name: decode_features(spec.name, body["features"], _tensor_dtype(spec), spec.shape)}
+        return [Input(None, _values(body["features"]))]
     given = body.get("inputs")
     if given is None:
         raise BadInput("field 'features' (or 'inputs' for models with several inputs) is missing")
     if not isinstance(given, dict):
         raise BadInput("field 'inputs' must be an object mapping input names to values")
-    unknown = sorted(set(given) - {s.name for s in specs})
-    if unknown:
-        raise BadInput(f"model '{model.id}' has no input named {', '.join(repr(u) for u in unknown)}")
-    missing = [s.name for s in specs if s.name not in given]
-    if missing:
-        raise BadInput(f"input(s) {', '.join(repr(m) for m in missing)} missing for model '{model.id}'")
-    return {s.name: decode_features(s.name, given[s.name], _tensor_dtype(s), s.shape) for s in specs}
+    return [Input(name, _values(values)) for name, values in given.items()]
 
 
-def _tensor_dtype(spec):
-    if spec.dtype is None:
-        raise BadInput(f"input '{spec.name}' has type {spec.type}, which cannot be sent as JSON")
-    return spec.dtype
+def _values(values: Any):
+    """A flat list is one sample, a nested list the tensor itself (``tensors.decode_features``)."""
+    return lambda name, dtype, declared: decode_features(name, values, dtype, declared)

@@ -3,6 +3,7 @@ repository extensions, on the same registry and sessions as ``/predict``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,9 +12,10 @@ from flask import Blueprint, request
 from nexus import __version__
 from nexus.api import check_predict_token, nexus, require_predict_token, require_token
 from nexus.api.health import check_ready
-from nexus.errors import BadInput, VersionNotFound
-from nexus.http import Reply, dumps, json_response, parse_json_object, read_body, to_response
-from nexus.observability import metrics
+from nexus.errors import BadInput
+from nexus.http import CALL_ENVIRON, Reply, dumps, json_response, parse_json_object, read_body, to_response
+from nexus import inference
+from nexus.inference import Call, InferenceRequest, InferenceResponse, Input
 from nexus.registry import Model
 from nexus.tensors import decode_v2, decode_v2_binary, encode_v2, v2_datatype
 
@@ -62,19 +64,16 @@ def model_ready(name: str, version: str | None = None):
     return json_response({"name": model.id, "ready": True})
 
 
-INFER_ROUTES = ("/v2/models/<name>/infer", "/v2/models/<name>/versions/<version>/infer")
-
-
 def handle_infer(app_state, environ: dict[str, Any], name: str, version: str | None = None) -> Reply:
     """Answer one V2 inference request (the middleware serves it without a Flask context)."""
     check_predict_token(app_state.settings, environ)
-    model = _model(app_state, name, version)
     body, binary = _read_request(environ, app_state.settings.max_request_bytes)
-    timer = metrics.prediction(environ, model.id)
-    feeds = _feeds(model, body.get("inputs"), binary)
-    wanted = _wanted_outputs(model, body)
-    results = timer.run(model.runtime, feeds, [output for output, _ in wanted])
-    return _response(model, body, wanted, results)
+    call = environ[CALL_ENVIRON] = Call()
+    asked, as_binary = _wanted_outputs(body)
+    request = InferenceRequest(name, _inputs(body.get("inputs"), binary), asked, version)
+    reply = _response(inference.infer(app_state.registry, request, call), body, as_binary)
+    call.finish()
+    return reply
 
 
 @bp.post("/models/<name>/infer")
@@ -112,10 +111,7 @@ def repository_unload(name: str):
 
 
 def _model(app_state, name: str, version: str | None) -> Model:
-    model = app_state.registry.get(name)
-    if version is not None and version != model.version:
-        raise VersionNotFound(name, version, model.version)
-    return model
+    return inference.resolve(app_state.registry, name, version)
 
 
 def _tensor_metadata(spec) -> dict[str, Any]:
@@ -130,78 +126,82 @@ def _read_request(environ: dict[str, Any], limit: int) -> tuple[dict[str, Any], 
     raw_length = environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH")
     if raw_length is None:
         return parse_json_object(data), memoryview(b"")
-    if not raw_length.isdigit() or int(raw_length) > len(data):
+    if not (raw_length.isascii() and raw_length.isdigit()) or int(raw_length) > len(data):
         raise BadInput(f"header {HEADER_LENGTH} must be the JSON header's length in bytes (at most {len(data)}), got {raw_length!r}")
     split = int(raw_length)
     view = memoryview(data)
     return parse_json_object(view[:split]), view[split:]
 
 
-def _feeds(model: Model, inputs: Any, binary: memoryview) -> dict[str, np.ndarray]:
+def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise BadInput(f"{where}: 'parameters' must be an object")
+    return parameters
+
+
+def _inputs(inputs: Any, binary: memoryview) -> list[Input]:
+    """Read each input's name and how to decode it: JSON ``data``, or its slice of the binary data."""
     if not isinstance(inputs, list) or not inputs:
         raise BadInput("field 'inputs' must be a non-empty list of tensors")
-    specs = model.runtime.input_by_name
-    feeds: dict[str, np.ndarray] = {}
-    offset = 0
+    read, offset = [], 0
     for tensor in inputs:
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise BadInput("each input must be an object with 'name', 'shape', 'datatype' and 'data'")
         name = tensor["name"]
-        spec = specs.get(name)
-        if spec is None:
-            raise BadInput(f"model '{model.id}' has no input named '{name}'; its inputs are {', '.join(specs)}")
-        if name in feeds:
-            raise BadInput(f"input '{name}' is given twice")
-        expected = v2_datatype(spec.type)
-        if tensor.get("datatype") != expected:
-            raise BadInput(f"input '{name}' is {expected} in the model, got datatype {tensor.get('datatype')!r}")
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(tensor, f"input '{name}'").get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise BadInput(f"input '{name}': binary_data_size {size!r} runs past the {len(binary)} bytes of binary data")
-            feeds[name] = decode_v2_binary(name, expected, tensor.get("shape"), binary[offset : offset + size], spec.shape)
+            read.append(Input(name, _decoder(tensor, binary[offset : offset + size])))
             offset += size
         elif "data" in tensor:
-            feeds[name] = decode_v2(name, expected, tensor.get("shape"), tensor["data"], spec.shape)
+            read.append(Input(name, _decoder(tensor, None)))
         else:
             raise BadInput(f"input '{name}' has neither 'data' nor a 'binary_data_size' parameter")
     if offset != len(binary):
         raise BadInput(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size")
-    missing = [name for name in specs if name not in feeds]
-    if missing:
-        raise BadInput(f"input(s) {', '.join(repr(m) for m in missing)} missing for model '{model.id}'")
-    return feeds
+    return read
 
 
-def _wanted_outputs(model: Model, body: dict[str, Any]) -> list[tuple[str, bool]]:
-    """Return (output name, as binary) for each output to send, in the order asked."""
-    default_binary = bool((body.get("parameters") or {}).get("binary_data_output", False))
+def _decoder(tensor: dict[str, Any], raw: memoryview | None):
+    """Decode one V2 input once the model's type is known; its datatype must be that type."""
+
+    def decode(name: str, dtype, declared: tuple[int, ...]) -> np.ndarray:
+        if tensor.get("datatype") != dtype.v2:
+            raise BadInput(f"input '{name}' is {dtype.v2} in the model, got datatype {tensor.get('datatype')!r}")
+        if raw is not None:
+            return decode_v2_binary(name, dtype.v2, tensor.get("shape"), raw, declared)
+        return decode_v2(name, dtype.v2, tensor.get("shape"), tensor["data"], declared)
+
+    return decode
+
+
+def _wanted_outputs(body: dict[str, Any]) -> tuple[list[str] | None, Callable[[str], bool]]:
+    """Return the output names asked for (None: all) and whether each is sent as binary."""
+    default_binary = bool(_parameters(body, "the request").get("binary_data_output", False))
     asked = body.get("outputs")
     if asked is None:
-        return [(spec.name, default_binary) for spec in model.outputs]
+        return None, lambda name: default_binary
     if not isinstance(asked, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in asked):
         raise BadInput("field 'outputs' must be a list of objects with a 'name'")
-    known = {spec.name for spec in model.outputs}
-    wanted = []
-    for output in asked:
-        if output["name"] not in known:
-            raise BadInput(f"model '{model.id}' has no output named '{output['name']}'; its outputs are {', '.join(sorted(known))}")
-        wanted.append((output["name"], bool((output.get("parameters") or {}).get("binary_data", default_binary))))
-    return wanted
+    binary = {o["name"]: bool(_parameters(o, f"output '{o['name']}'").get("binary_data", default_binary)) for o in asked}
+    return [o["name"] for o in asked], binary.__getitem__
 
 
-def _response(model: Model, body: dict[str, Any], wanted: list[tuple[str, bool]], results: list[Any]):
-    types = {spec.name: spec.type for spec in model.outputs}
+def _response(answer: InferenceResponse, body: dict[str, Any], as_binary: Callable[[str], bool]) -> Reply:
     outputs, payloads = [], []
-    for (name, binary), value in zip(wanted, results, strict=True):
-        tensor, payload = encode_v2(name, types[name], value, binary)
+    for spec, value in answer.outputs:
+        tensor, payload = encode_v2(spec.name, spec.type, value, as_binary(spec.name))
         outputs.append(tensor)
         if payload is not None:
             payloads.append(payload)
-    document: dict[str, Any] = {"model_name": model.id, "model_version": model.version, "outputs": outputs}
+    document: dict[str, Any] = {"model_name": answer.model.id, "model_version": answer.model.version, "outputs": outputs}
     if "id" in body:
         document["id"] = body["id"]
     header = dumps(document)
-    if not any(binary for _, binary in wanted):
+    if not payloads:
         return Reply(header)
     return Reply(header + b"".join(payloads), content_type="application/octet-stream", headers=((HEADER_LENGTH, str(len(header))),))

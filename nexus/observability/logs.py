@@ -15,7 +15,8 @@ from typing import Any
 from gunicorn.glogging import Logger as _GunicornLogger
 from pythonjsonlogger.orjson import OrjsonFormatter
 
-from nexus.http import current_request_id, rfc3339
+from nexus.clock import rfc3339
+from nexus.http import current_request_id
 
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is a field.

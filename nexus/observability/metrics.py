@@ -8,14 +8,12 @@ series twice.
 
 from __future__ import annotations
 
-import time
 
 from flask import Flask
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_flask_exporter import PrometheusMetrics
 
 METRICS_PATH = "/metrics"
-PREDICTION_ENVIRON = "nexus.prediction"
 UNMATCHED = "<unmatched>"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -55,28 +53,9 @@ def observe_request(method: str, endpoint: str, status: str, seconds: float) -> 
     _child(HTTP_DURATION, method, endpoint).observe(seconds)
 
 
-class PredictionTimer:
-    """Times one prediction's onnxruntime run and remembers its outcome for metrics and the log."""
-
-    __slots__ = ("model_id", "inference_seconds", "latency_ms")
-
-    def __init__(self, model_id: str) -> None:
-        self.model_id = model_id
-        self.inference_seconds: float | None = None
-        self.latency_ms: float | None = None
-
-    def run(self, runtime, feeds, output_names=None):
-        started = time.perf_counter()
-        results = runtime.run(feeds, output_names)
-        self.inference_seconds = time.perf_counter() - started
-        _child(INFERENCE, self.model_id).observe(self.inference_seconds)
-        return results
-
-
-def prediction(environ: dict, model_id: str) -> PredictionTimer:
-    """Note one prediction on a registered model; the middleware counts it by what the client got."""
-    timer = environ[PREDICTION_ENVIRON] = PredictionTimer(model_id)
-    return timer
+def observe_inference(model_id: str, seconds: float) -> None:
+    """Note how long onnxruntime ran for one request on a registered model."""
+    _child(INFERENCE, model_id).observe(seconds)
 
 
 def prediction_done(model_id: str, outcome: str) -> None:

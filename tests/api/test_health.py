@@ -31,3 +31,17 @@ def test_ready_waits_for_the_first_load(app, client):
     app.extensions["nexus"].registry.sync()
     body = client.get("/health/ready").get_json()
     assert body["status"] == "ready" and body["models"] == 0
+
+
+def test_ready_counts_what_predictions_see_right_after_another_worker_writes(make_app):
+    from tests import models
+    from tests.conftest import upload
+
+    writer, reader = make_app().test_client(), make_app()
+    reader.extensions["nexus"].registry.sync()
+    reader_client = reader.test_client()
+    for model_id in ("a", "b"):
+        assert upload(writer, models.identity(), model_id).status_code == 201
+    assert reader_client.get("/health/ready").get_json()["models"] == 2
+    assert writer.delete("/models/a").status_code == 200
+    assert reader_client.get("/health/ready").get_json()["models"] == 1

@@ -167,6 +167,14 @@ BAD_INFER = [
     ({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ["a", "b", "c", "d"]}]}, "needs numbers"),
     ({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32"}]}, "neither 'data'"),
     ({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}], "outputs": [{"name": "nope"}]}, "no output named 'nope'"),
+    ({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}] * 2}, "input 'X' is given twice"),
+    ({"inputs": [{"name": "X", "shape": [1] * 65, "datatype": "FP32", "data": [1]}]}, "65 dimensions; at most 64"),
+    ({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}], "parameters": "x"},
+     "the request: 'parameters' must be an object"),
+    ({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4], "parameters": [1]}]},
+     "input 'X': 'parameters' must be an object"),
+    ({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}], "outputs": [{"name": "Y", "parameters": 3}]},
+     "output 'Y': 'parameters' must be an object"),
 ]
 
 
@@ -185,6 +193,7 @@ def test_bad_infer_requests_get_400_with_the_reason(client, upload_model, body, 
     [
         ("999999", b"", "JSON header's length"),
         ("abc", b"", "JSON header's length"),
+        ("\u00b2", b"", "JSON header's length"),  # a superscript two: str.isdigit() says yes, int() says no
         (None, b"\x00" * 8, "not claimed"),  # binary bytes nobody asked for
     ],
 )

@@ -1,0 +1,130 @@
+"""The one inference path every protocol calls.
+
+Resolve the model (and the version asked for) → check and convert the inputs through the tensor
+codec (missing, unknown and duplicate inputs are checked here, once, with one set of messages)
+→ run within the limits → describe the outputs asked for → record what metrics need.
+
+Protocols (``/predict``, V2 REST, and next gRPC) only parse their wire format into an
+:class:`InferenceRequest` and render the :class:`InferenceResponse`, or the error this raises.
+Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from nexus.errors import BadInput, VersionNotFound
+from nexus.observability import metrics
+from nexus.registry import Model, Registry
+from nexus.runtime import TensorSpec
+from nexus.tensors import DType
+
+# How a protocol's input is decoded once its declared spec is known: (name, dtype, declared shape).
+Decoder = Callable[[str, DType, tuple[int, ...]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input as a protocol received it: its name (None: the model's only input) and its decoder."""
+
+    name: str | None
+    decode: Decoder
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """What every protocol asks: a model (and maybe a version), its inputs, the outputs wanted."""
+
+    model_id: str
+    inputs: Sequence[Input]
+    outputs: Sequence[str] | None = None  # names in the order wanted; None: all, in the model's order
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class InferenceResponse:
+    """The model that answered and each output asked for, with its spec, in the order asked."""
+
+    model: Model
+    outputs: list[tuple[TensorSpec, Any]]
+
+
+class Call:
+    """What one prediction leaves for the protocol's metrics and log line; filled in as it goes."""
+
+    __slots__ = ("started", "model_id", "inference_seconds", "latency_ms")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.model_id: str | None = None  # set once the model is known: unknown ids are never labels
+        self.inference_seconds: float | None = None
+        self.latency_ms: float | None = None
+
+    def finish(self) -> None:
+        """Note the time from the call's start, when the protocol has encoded its answer."""
+        self.latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
+
+
+def resolve(registry: Registry, model_id: str, version: str | None = None) -> Model:
+    """Return the model that answers for ``model_id`` (in ``version``, if one is asked), or raise."""
+    model = registry.get(model_id)
+    if version is not None and version != model.version:
+        raise VersionNotFound(model_id, version, model.version)
+    return model
+
+
+def infer(registry: Registry, request: InferenceRequest, call: Call) -> InferenceResponse:
+    """Answer one inference request, noting in ``call`` what the protocol's metrics and log need."""
+    model = resolve(registry, request.model_id, request.version)
+    call.model_id = model.id
+    feeds = _feeds(model, request.inputs)
+    specs = _outputs(model, request.outputs)
+    started = time.perf_counter()
+    results = model.runtime.run(feeds, [spec.name for spec in specs])
+    call.inference_seconds = time.perf_counter() - started
+    metrics.observe_inference(model.id, call.inference_seconds)
+    return InferenceResponse(model, list(zip(specs, results, strict=True)))
+
+
+def _feeds(model: Model, inputs: Sequence[Input]) -> dict[str, np.ndarray]:
+    specs = model.runtime.input_by_name
+    feeds: dict[str, np.ndarray] = {}
+    for given in inputs:
+        if given.name is None:
+            if len(specs) != 1:
+                names = ", ".join(specs)
+                raise BadInput(
+                    f"model '{model.id}' has {len(specs)} inputs ({names}); send 'inputs': {{name: values}} instead of 'features'"
+                )
+            spec = model.inputs[0]
+        else:
+            spec = specs.get(given.name)
+            if spec is None:
+                raise BadInput(f"model '{model.id}' has no input named '{given.name}'; its inputs are {', '.join(specs)}")
+        if spec.name in feeds:
+            raise BadInput(f"input '{spec.name}' is given twice")
+        if spec.dtype is None:
+            raise BadInput(f"input '{spec.name}' has type {spec.type}, which this server cannot decode")
+        feeds[spec.name] = given.decode(spec.name, spec.dtype, spec.shape)
+    missing = [name for name in specs if name not in feeds]
+    if missing:
+        raise BadInput(f"input(s) {', '.join(repr(m) for m in missing)} missing for model '{model.id}'")
+    return feeds
+
+
+def _outputs(model: Model, names: Sequence[str] | None) -> list[TensorSpec]:
+    if names is None:
+        return list(model.outputs)
+    by_name = {spec.name: spec for spec in model.outputs}
+    wanted = []
+    for name in names:
+        spec = by_name.get(name)
+        if spec is None:
+            raise BadInput(f"model '{model.id}' has no output named '{name}'; its outputs are {', '.join(by_name)}")
+        wanted.append(spec)
+    return wanted
