@@ -15,6 +15,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=8080 \
     NEXUS_MODEL_DIR=/models
+# Text models (scikit-learn's TfidfVectorizer through skl2onnx) name the en_US.UTF-8 locale in
+# their StringNormalizer; slim images have no locale but C.
+RUN apt-get update && apt-get install -y --no-install-recommends locales \
+    && sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' /etc/locale.gen && locale-gen \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin nexus
 WORKDIR /app
 COPY --from=build /wheels /wheels

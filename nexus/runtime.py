@@ -45,6 +45,7 @@ _SOURCE_LOCATION = re.compile(r"/?\S*\.(?:cc|h|cpp|hpp):\d+\s+(?:[\w:<>~,*& ]+\(
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s\"'<>,;]+")
 _FILE_SIZE = re.compile(r"\b(file_length|file size|file_size)\s*[:=]?\s*\d+", re.IGNORECASE)
 _MAX_REASON = 300
+_MISSING_LOCALE = re.compile(r"Failed to construct locale with name:\s*([\w.@-]+)")
 _TERMINATED = "terminate flag"
 _OUT_OF_MEMORY = ("BFCArena", "Available memory of", "bad_alloc", "bad allocation", "Failed to allocate memory")
 _SHRINK_ARENA = "memory.enable_memory_arena_shrinkage"
@@ -182,6 +183,14 @@ class Runtime:
                 data, sess_options=session_options(threads, limits.inference_memory_mb), providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own classes for every kind of bad model
+            locale = _MISSING_LOCALE.search(str(exc))
+            if locale:
+                raise InvalidModel(
+                    f"the model's StringNormalizer needs the locale '{locale.group(1)}', which this server's machine does "
+                    "not have: install it there (Debian: the locales package, the locale enabled in /etc/locale.gen, "
+                    "then locale-gen; the Docker image has en_US.UTF-8), or convert the model with a locale the server "
+                    "has, e.g. skl2onnx's options={TfidfVectorizer: {'locale': 'C.UTF-8'}}"
+                ) from None
             raise InvalidModel(f"file is not a loadable ONNX model: {short_reason(exc)}") from None
         self.timeout_s = limits.inference_timeout_s
         self.inputs = tuple(_spec(a) for a in self.session.get_inputs())

@@ -160,3 +160,24 @@ def total() -> bytes:
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, 4])],
         [helper.make_tensor_value_info("S", TensorProto.FLOAT, [])],
     )
+
+
+def tfidf_classifier(locale: str | None = None) -> bytes:
+    """A scikit-learn TfidfVectorizer + logistic regression on four phrases, converted with skl2onnx.
+
+    skl2onnx writes the en_US.UTF-8 locale into the StringNormalizer unless ``locale`` says otherwise.
+    """
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    texts = np.array(["a good movie", "a bad movie", "a great film", "an awful film"])
+    pipeline = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, [1, 0, 1, 0])
+    options = {id(pipeline.steps[1][1]): {"zipmap": False}}
+    if locale is not None:
+        options[id(pipeline.steps[0][1])] = {"locale": locale}
+    model = to_onnx(pipeline, initial_types=[("text", StringTensorType([None, 1]))], options=options,
+                    target_opset={"": 15, "ai.onnx.ml": 3})
+    return model.SerializeToString()

@@ -242,3 +242,25 @@ def test_a_read_only_model_directory_gets_a_clear_500(client, model_dir, monkeyp
     assert_error(upload(client, models.identity(), "m"), 500, "storage_not_writable", "not writable")
     assert_error(client.delete("/models/kept"), 500, "storage_not_writable", "not writable")
     assert files_in(model_dir) == ["kept.model_info.json", "kept.onnx"]
+
+
+def _has_locale(name: str) -> bool:
+    import subprocess
+
+    listed = subprocess.run(["locale", "-a"], capture_output=True, text=True, check=False).stdout.lower().split()
+    return name.lower().replace("utf-8", "utf8") in listed
+
+
+@pytest.mark.skipif(not _has_locale("en_US.UTF-8"), reason="the en_US.UTF-8 locale is not installed (.ci/run and the image install it)")
+def test_a_text_model_with_the_default_locale_uploads_and_predicts(client, upload_model):
+    upload_model(models.tfidf_classifier(), "text")
+    response = client.post("/predict", json={"model_id": "text", "inputs": {"text": [["a good film"], ["an awful movie"]]}})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["prediction"] == [1, 0]
+
+
+def test_a_text_model_naming_a_missing_locale_gets_400_saying_what_to_do(client, model_dir):
+    response = upload(client, models.tfidf_classifier(locale="xx_XX.UTF-8"), "text")
+    body = assert_error(response, 400, "invalid_model", "needs the locale 'xx_XX.UTF-8'")
+    assert "locale-gen" in body["error"] and "skl2onnx" in body["error"]
+    assert files_in(model_dir) == []
