@@ -156,3 +156,12 @@ def test_the_hot_routes_come_from_the_url_map(app):
     assert set(edge.exact) == {"/predict"}
     assert sorted(template for _, template, _ in edge.patterns) == [
         "/v2/models/<name>/infer", "/v2/models/<name>/versions/<version>/infer"]
+
+
+def test_a_deleted_model_leaves_no_series_in_metrics(client, upload_model):
+    upload_model(models.identity(), "gone")
+    assert client.post("/predict", json={"model_id": "gone", "features": [1, 2, 3, 4]}).status_code == 200
+    assert b'model_id="gone"' in client.get("/metrics").data
+    assert client.delete("/models/gone").status_code == 200
+    text = client.get("/metrics").data
+    assert b'model_id="gone"' not in text and b"http_requests_total" in text

@@ -104,6 +104,21 @@ def test_unknown_paths_add_at_most_one_series(live):
     assert total(samples, "http_requests_total", endpoint="<unmatched>") >= 1000
 
 
+def test_upload_delete_cycles_leave_no_series_behind(live):
+    predict(live)
+    before = len(metric_samples(live))
+    for cycle in range(10):
+        model_id = f"cycle-{cycle}"
+        assert upload(live, models.identity(), model_id).status_code == 201
+        for _ in range(4):  # spread over the workers, so each keeps its own counters of the model
+            assert predict(live, model_id, (1, 2, 3, 4)).status_code == 200
+        assert requests.delete(live.url(f"/models/{model_id}"), headers=CLOSE, timeout=10).status_code == 200
+    predict(live)
+    samples = metric_samples(live)
+    assert not any(dict(pairs).get("model_id", "").startswith("cycle-") for _, pairs in samples)
+    assert len(samples) <= before + 40  # request series of the routes used, not per model
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (Debian package prometheus)")
 def test_metrics_pass_promtool(live):
     predict(live)
@@ -182,10 +197,12 @@ def _slow_iterations(seconds: float) -> int:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(models.slow_loop(), options, providers=["CPUExecutionProvider"])
-    started = time.perf_counter()
-    session.run(None, {"N": np.array([400], np.int64)})
-    per_iteration = (time.perf_counter() - started) / 400
-    return max(1, int(seconds / per_iteration))
+    timings = []
+    for _ in range(3):  # the fastest of three: a busy machine makes a run slower, never faster
+        started = time.perf_counter()
+        session.run(None, {"N": np.array([400], np.int64)})
+        timings.append((time.perf_counter() - started) / 400)
+    return max(1, int(seconds / min(timings)))
 
 
 def test_sigterm_lets_an_in_flight_prediction_finish_and_exits_0(make_server):
