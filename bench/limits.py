@@ -31,14 +31,14 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import BATCH, build_mlp  # noqa: E402
+from bench.run import BATCH, LIMITS_BEGIN, build_mlp  # noqa: E402
 from nexus import sandbox  # noqa: E402
 from nexus.config import Settings  # noqa: E402
 from nexus.runtime import Runtime  # noqa: E402
 from nexus.store import sha256_of  # noqa: E402
 from nexus.tensors import BY_ORT, to_array  # noqa: E402
 
-BEGIN, END = "<!-- limits: written by bench/limits.py -->", "<!-- /limits -->"
+BEGIN, END = LIMITS_BEGIN, "<!-- /limits -->"
 
 
 def per_call_us(call, seconds: float) -> float:

@@ -1,7 +1,7 @@
 """Benchmark Model Nexus against a naive Flask app and onnxruntime itself, on this machine.
 
     python bench/run.py            # the full run: 3 repeats x 8 s per case, writes docs/benchmarks.md and docs/bench.png
-    python bench/run.py --quick    # a smoke run: 1 repeat x 3 s, concurrency 8 only
+    python bench/run.py --quick    # 1 repeat x 3 s at concurrency 8; prints only (--write to write docs/ too)
 
 Both servers run under gunicorn with the same settings, pinned to core 0 where taskset exists;
 wrk (a compiled load generator) runs on core 1. Every case's response is checked against
@@ -34,6 +34,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 32
+LIMITS_BEGIN = "<!-- limits: written by bench/limits.py -->"
 
 
 # -- models and request bodies ---------------------------------------------------------------------
@@ -272,6 +273,7 @@ def main() -> None:
     parser.add_argument("--worker-class", default="sync")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "docs", help="where benchmarks.md and bench.png go")
+    parser.add_argument("--write", action="store_true", help="write the report of a --quick run too")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.repeats, args.concurrency = 3, 1, "8"
@@ -334,8 +336,15 @@ def main() -> None:
 
     report = render(args, cases, levels, results, floors, memory)
     print(report)
+    if args.quick and not args.write:
+        print("(a quick run: docs/ left as it is; --write writes it anyway)")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmarks.md").write_text(report)
+    previous = args.out / "benchmarks.md"
+    kept = previous.read_text() if previous.exists() else ""
+    if LIMITS_BEGIN in kept:  # bench/limits.py's section is kept across full runs
+        report = report.rstrip("\n") + "\n\n" + kept[kept.index(LIMITS_BEGIN):]
+    previous.write_text(report)
     chart(cases, levels, results, args.out / "bench.png")
 
 

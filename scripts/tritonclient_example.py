@@ -3,12 +3,14 @@
 Run against a server with the demo model: ``python scripts/tritonclient_example.py [host:port]``.
 """
 
-import sys
+import argparse
 
 import numpy as np
 import tritonclient.http as httpclient
 
-url = sys.argv[1] if len(sys.argv) > 1 else "localhost:8080"
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("url", nargs="?", default="localhost:8080", help="the server's host:port (default localhost:8080)")
+url = parser.parse_args().url
 client = httpclient.InferenceServerClient(url)
 print("live:", client.is_server_live(), "ready:", client.is_model_ready("iris"))
 
