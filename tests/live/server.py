@@ -26,13 +26,14 @@ class LiveServer:
     """One gunicorn master and its workers, in their own process group, logging to files."""
 
     def __init__(self, model_dir: Path, log_dir: Path, workers: int = 4, env: dict[str, str] | None = None,
-                 args: list[str] | None = None, port: int | None = None) -> None:
+                 args: list[str] | None = None, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.model_dir = Path(model_dir)
         self.log_dir = Path(log_dir)
         self.workers = workers
         self.env = env or {}
         self.args = args or []
         self.port = port or free_port()
+        self.host = host  # the address bound; requests always go to loopback
         self.proc: subprocess.Popen | None = None
         self.stdout_path = self.log_dir / f"server-{self.port}.out"
         self.stderr_path = self.log_dir / f"server-{self.port}.err"
@@ -45,7 +46,7 @@ class LiveServer:
         env = {**os.environ, "NEXUS_MODEL_DIR": str(self.model_dir), "WEB_CONCURRENCY": str(self.workers),
                "NEXUS_ORT_THREADS": "1", **self.env}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None) if "PROMETHEUS_MULTIPROC_DIR" not in self.env else None
-        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{self.port}",
+        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"{self.host}:{self.port}",
                    "--workers", str(self.workers), *self.args, "wsgi:app"]
         with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
             self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err, start_new_session=True)

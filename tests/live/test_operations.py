@@ -226,3 +226,12 @@ def test_sigterm_lets_an_in_flight_prediction_finish_and_exits_0(make_server):
     assert result["seconds"] >= 1.5
     assert code == 0
     assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize(("host", "token", "warned"), [("0.0.0.0", None, True), ("0.0.0.0", "t0ken", False), ("127.0.0.1", None, False)])
+def test_open_writes_on_a_public_address_are_warned_about_at_start(make_server, host, token, warned):
+    server = make_server(workers=1, host=host, env={"NEXUS_API_TOKEN": token} if token else {})
+    warnings = [r for r in server.log_records() if r["level"] == "WARNING" and "open to anyone" in r["message"]]
+    assert bool(warnings) is warned
+    if warned:
+        assert f"0.0.0.0:{server.port}" in warnings[0]["message"] and "NEXUS_API_TOKEN" in warnings[0]["message"]
