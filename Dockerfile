@@ -7,6 +7,10 @@ WORKDIR /src
 COPY setup.cfg setup.py README.md ./
 COPY nexus ./nexus
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# Text models (scikit-learn's TfidfVectorizer through skl2onnx) name the en_US.UTF-8 locale in
+# their StringNormalizer, and slim images have only C: build the locale here, copy its archive.
+RUN apt-get update && apt-get install -y --no-install-recommends locales \
+    && sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' /etc/locale.gen && locale-gen
 
 # --- final stage: no compiler, no pip cache, not root -----------------------------------------
 FROM python:3.11-slim
@@ -15,13 +19,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOST=0.0.0.0 \
     PORT=8080 \
     NEXUS_MODEL_DIR=/models
-# Text models (scikit-learn's TfidfVectorizer through skl2onnx) name the en_US.UTF-8 locale in
-# their StringNormalizer; slim images have no locale but C.
-RUN apt-get update && apt-get install -y --no-install-recommends locales \
-    && sed -i 's/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/' /etc/locale.gen && locale-gen \
-    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin nexus
 WORKDIR /app
+COPY --from=build /usr/lib/locale/locale-archive /usr/lib/locale/locale-archive
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY wsgi.py gunicorn.conf.py ./

@@ -48,8 +48,9 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
     app = Flask(__name__)
     app.request_class = NexusRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    # The directory is made once at start (gunicorn's master, app.py), never by a worker: a worker
+    # restarted while the volume is unmounted must report it missing, not serve an empty new one.
     store = ModelStore(settings.model_dir)
-    store.ensure()
     registry = Registry(store, settings.ort_threads, observer=metrics, limits=settings.limits, load_wait_s=settings.load_wait_s)
     app.extensions["nexus"] = Nexus(settings, store, registry)
     init_errors(app)

@@ -51,6 +51,12 @@ def test_dockerfile_is_multi_stage_and_runs_as_a_non_root_user(dockerfile):
     assert not any(word == "RUN" and re.search(r"\b(gcc|build-essential|apt-get install)\b", args) for word, args in final_stage)
 
 
+def test_the_image_has_the_locale_text_models_name(dockerfile):
+    build_stage = dockerfile[: max(i for i, (word, _) in enumerate(dockerfile) if word == "FROM")]
+    assert any(word == "RUN" and "en_US.UTF-8" in args and "locale-gen" in args for word, args in build_stage)
+    assert ("COPY", "--from=build /usr/lib/locale/locale-archive /usr/lib/locale/locale-archive") in dockerfile
+
+
 def test_dockerfile_healthcheck_probes_a_real_route(app, dockerfile):
     check = [args for word, args in dockerfile if word == "HEALTHCHECK"][-1]
     path = re.search(r"https?://[^/'\"]+(/[\w/.-]*)", check).group(1)

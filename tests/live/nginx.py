@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from tests.live.server import ROOT, free_port
+from tests.live.server import ROOT, free_port, stop_process
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 MISSING = "nginx is not installed (Debian package nginx-light)"
@@ -60,9 +60,4 @@ def running_nginx(directory: Path, upstream_port: int, timeout: float = 15) -> I
                 time.sleep(0.1)
         yield url, Path(directory) / "access.log"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)

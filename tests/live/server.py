@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -115,3 +117,64 @@ def seed_demo_model(model_dir: Path) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     for name in ("iris.onnx", "iris.model_info.json"):
         (model_dir / name).write_bytes((ROOT / "models" / name).read_bytes())
+
+
+def raw_upload(model_id: str, data: bytes) -> tuple[bytes, bytes]:
+    """The head and the body of a multipart upload of ``data`` as ``model_id``, for tests that send it in pieces."""
+    boundary = "nexusboundary"
+    fields = "".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{model_id}\r\n'
+                     for name in ("id", "name"))
+    body = (
+        f"{fields}--{boundary}\r\nContent-Disposition: form-data; name=\"version\"\r\n\r\n1\r\n"
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{model_id}.onnx\"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    head = (
+        f"POST /models/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head, body
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Ask a helper process (nginx, Prometheus) to stop, and kill it if it does not within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+CLOSE = {"Connection": "close"}  # a fresh connection per request spreads requests over the workers
+
+
+def metric_samples(server) -> dict[tuple[str, frozenset], float]:
+    """Parse /metrics into {(name, labels): value}."""
+    text = requests.get(server.url("/metrics"), headers=CLOSE, timeout=5).text
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        name, labels, value = match.groups()
+        pairs = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels or ""))
+        samples[(name, pairs)] = float(value)
+    return samples
+
+
+def total(samples, name, **labels) -> float:
+    wanted = set(labels.items())
+    return sum(v for (n, pairs), v in samples.items() if n == name and wanted <= set(pairs))
+
+
+def predict(server, model_id="iris", features=(5.1, 3.5, 1.4, 0.2), **headers):
+    return requests.post(server.url("/predict"), json={"model_id": model_id, "features": list(features)},
+                         headers={**CLOSE, **headers}, timeout=10)
+
+
+def upload(server, data: bytes, model_id: str, token: str | None = None):
+    headers = {**CLOSE, **({"Authorization": f"Bearer {token}"} if token else {})}
+    files = {"file": (f"{model_id}.onnx", io.BytesIO(data))}
+    return requests.post(server.url("/models/upload"), files=files, data={"id": model_id, "name": model_id, "version": "1"},
+                         headers=headers, timeout=30)

@@ -24,7 +24,7 @@ import requests
 from tests import hostile_models as hostile
 from tests import models
 from tests.conftest import files_in
-from tests.live.server import ROOT, LiveServer, seed_demo_model
+from tests.live.server import ROOT, LiveServer, raw_upload, seed_demo_model
 
 CLOSE = {"Connection": "close"}  # a fresh connection per request spreads requests over the workers
 IRIS = {"model_id": "iris", "features": [5.1, 3.5, 1.4, 0.2]}
@@ -375,18 +375,7 @@ def test_a_worker_killed_mid_upload_leaves_no_hidden_files(make_server):
     server = make_server(workers=2)
     master = server.proc.pid
     model = models.linear(in_features=512, out_features=512)[0]
-    boundary = "hostileboundary"
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\nkilled\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nkilled\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"version\"\r\n\r\n1\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"killed.onnx\"\r\n"
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + model + f"\r\n--{boundary}--\r\n".encode()
-    head = (
-        f"POST /models/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    head, body = raw_upload("killed", model)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(head + body[: len(body) // 2])  # and the rest never comes while the worker lives
         assert wait_until(lambda: any(n.startswith(".upload-") for n in hidden(server.model_dir)), 10), \

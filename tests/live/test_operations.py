@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
@@ -18,40 +17,7 @@ import pytest
 import requests
 
 from tests import models
-
-CLOSE = {"Connection": "close"}  # a fresh connection per request spreads requests over the workers
-
-
-def metric_samples(server) -> dict[tuple[str, frozenset], float]:
-    """Parse /metrics into {(name, labels): value}."""
-    text = requests.get(server.url("/metrics"), headers=CLOSE, timeout=5).text
-    samples = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
-        name, labels, value = match.groups()
-        pairs = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', labels or ""))
-        samples[(name, pairs)] = float(value)
-    return samples
-
-
-def total(samples, name, **labels) -> float:
-    wanted = set(labels.items())
-    return sum(v for (n, pairs), v in samples.items() if n == name and wanted <= set(pairs))
-
-
-def predict(server, model_id="iris", features=(5.1, 3.5, 1.4, 0.2), **headers):
-    return requests.post(server.url("/predict"), json={"model_id": model_id, "features": list(features)},
-                         headers={**CLOSE, **headers}, timeout=10)
-
-
-def upload(server, data: bytes, model_id: str, token: str | None = None):
-    headers = {**CLOSE, **({"Authorization": f"Bearer {token}"} if token else {})}
-    files = {"file": (f"{model_id}.onnx", io.BytesIO(data))}
-    return requests.post(server.url("/models/upload"), files=files, data={"id": model_id, "name": model_id, "version": "1"},
-                         headers=headers, timeout=30)
-
+from tests.live.server import CLOSE, metric_samples, predict, total, upload
 
 def test_request_counts_sum_over_all_workers(live):
     before = total(metric_samples(live), "http_requests_total")

@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from tests import models
-from tests.live.server import free_port
-from tests.live.test_operations import CLOSE, upload
+from tests.live.server import free_port, stop_process
+from tests.live.server import CLOSE, upload
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (Debian package prometheus)")
@@ -43,11 +43,7 @@ def prometheus(live, tmp_path):
             pytest.fail("prometheus did not become ready:\n" + (tmp_path / "prometheus.log").read_text())
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 

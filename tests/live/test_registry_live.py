@@ -10,7 +10,7 @@ import requests
 
 from tests import models
 from tests.conftest import files_in
-from tests.live.test_operations import CLOSE, upload
+from tests.live.server import CLOSE, raw_upload, upload
 
 
 def predict(server, model_id, features):
@@ -100,18 +100,7 @@ def test_ten_concurrent_uploads_of_different_ids_all_succeed(live):
 
 def test_an_upload_cut_off_halfway_leaves_nothing(live):
     model = models.linear(in_features=512, out_features=512)[0]
-    boundary = "nexusboundary"
-    body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\ncut\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\ncut\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"version\"\r\n\r\n1\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"cut.onnx\"\r\n"
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + model + f"\r\n--{boundary}--\r\n".encode()
-    head = (
-        f"POST /models/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
+    head, body = raw_upload("cut", model)
     with socket.create_connection(("127.0.0.1", live.port), timeout=10) as sock:
         sock.sendall(head + body[: len(body) // 2])
     for _ in range(50):

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto
 
 from tests import models
-from tests.live.test_operations import upload
+from tests.live.server import upload
 
 httpclient = pytest.importorskip("tritonclient.http")
 
