@@ -17,25 +17,57 @@ function tokenHint(status) {
 }
 
 // The status in words, the same whoever answered (Flask, the hot routes, a proxy; HTTP/2 has no reason phrase).
+// The server's own: 422 a configured limit (model memory, load time, inference memory), 503 a model
+// still loading (with Retry-After) or no model directory, 504 a run stopped at NEXUS_INFERENCE_TIMEOUT_S.
 const STATUS = {
   400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-  413: "Too Large", 415: "Unsupported Media Type", 500: "Server Error", 502: "Bad Gateway", 503: "Not Ready",
-  504: "Gateway Timeout", 507: "Storage Full",
+  413: "Too Large", 415: "Unsupported Media Type", 422: "Over a Limit", 500: "Server Error", 502: "Bad Gateway",
+  503: "Not Ready", 504: "Timed Out", 507: "Storage Full",
 };
 function statusLine(status, reason) {
   return `${status} ${STATUS[status] || reason || "Error"}`;
 }
 
-// Turn a failed response into one readable sentence: "409 Conflict: model 'x' is already registered".
-async function explain(response) {
-  let detail = "";
+// Retry-After in words (seconds or an HTTP date), unless the server's sentence already says when to retry.
+function retryHint(retryAfter, detail) {
+  if (!retryAfter || /retry|try again/i.test(detail)) return "";
+  let seconds = Number(retryAfter);
+  if (!/^\s*\d+\s*$/.test(retryAfter)) seconds = Math.ceil((Date.parse(retryAfter) - Date.now()) / 1000);
+  if (!Number.isFinite(seconds)) return "";
+  return seconds > 0 ? ` (try again in ${seconds} s)` : " (try again now)";
+}
+
+// One readable sentence for a refusal: "409 Conflict: model 'x' is already registered".
+function refusal(status, reason, text, retryAfter) {
+  let detail;
   try {
-    const body = await response.json();
+    const body = JSON.parse(text);
     detail = body.error || JSON.stringify(body);
   } catch (_) {
     detail = "the answer carried no JSON error";
   }
-  return `${statusLine(response.status, response.statusText)}: ${detail}${tokenHint(response.status)}`;
+  return `${statusLine(status, reason)}: ${detail}${retryHint(retryAfter, detail)}${tokenHint(status)}`;
+}
+
+async function explain(response) {
+  let text = "";
+  try {
+    text = await response.text();
+  } catch (_) { /* the body was cut off: said as "no JSON error" */ }
+  return refusal(response.status, response.statusText, text, response.headers.get("Retry-After"));
+}
+
+// Each action the user starts clears what earlier ones said: the errors and the upload's message.
+// A prediction's result stays (it still belongs to the model shown) until the next prediction.
+function clearMessages() {
+  $("models-error").hidden = true;
+  $("models-error").textContent = "";
+  $("upload-message").className = "";
+  $("upload-message").textContent = "";
+  if ($("response-meta").className === "error") {
+    $("response-meta").className = "muted";
+    $("response-meta").textContent = "";
+  }
 }
 
 function formatSize(bytes) {
@@ -44,9 +76,22 @@ function formatSize(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
+function formatTime(timestamp) {
+  return timestamp ? timestamp.replace("T", " ").replace(/\.\d+Z$/, " UTC") : "";
+}
+
 function cell(row, text) {
   const td = document.createElement("td");
   td.textContent = text;
+  row.appendChild(td);
+}
+
+// A cell for a name or a type (output_probability, seq(map(int64,tensor(float)))) that may wrap after _ . - ( ,
+// at narrow widths rather than in the middle of a word.
+function breakableCell(row, text) {
+  const td = document.createElement("td");
+  const parts = text.split(/(?<=[_.\-(,])/);
+  parts.forEach((part, i) => td.append(part, ...(i < parts.length - 1 ? [document.createElement("wbr")] : [])));
   row.appendChild(td);
 }
 
@@ -89,22 +134,28 @@ async function refreshModels() {
     const row = document.createElement("tr");
     row.tabIndex = 0;
     row.dataset.id = model.id;
+    row.setAttribute("aria-describedby", "models-hint");
     row.setAttribute("aria-selected", String(current !== null && current.id === model.id));
-    cell(row, model.id);
+    breakableCell(row, model.id);
     cell(row, model.name);
     cell(row, model.version);
     cell(row, model.size_bytes === undefined ? "" : formatSize(model.size_bytes));
-    cell(row, model.created_at ? model.created_at.replace("T", " ").replace(/\.\d+Z$/, " UTC") : "");
-    row.addEventListener("click", () => openModel(model.id));
+    cell(row, formatTime(model.created_at));
+    row.addEventListener("click", () => {
+      clearMessages();
+      openModel(model.id);
+    });
     row.addEventListener("keydown", (event) => {
-      if (event.key === "Enter" || event.key === " ") {
+      if (event.target === row && (event.key === "Enter" || event.key === " ")) {
         event.preventDefault();
+        clearMessages();
         openModel(model.id);
       }
     });
     tbody.appendChild(row);
   }
   $("models-empty").hidden = details.length > 0;
+  $("models-hint").hidden = details.length === 0;
   refreshStatus();
 }
 
@@ -115,17 +166,38 @@ function zeroFor(type) {
   return 0;
 }
 
-// Nested zeros of the declared shape; dynamic dimensions (-1) become 1.
-function zeros(shape, value) {
-  if (shape.length === 0) return value;
-  const [first, ...rest] = shape;
-  return Array.from({ length: first < 1 ? 1 : first }, () => zeros(rest, value));
+// The most values the console writes into an example input; a bigger one is left for the user to fill.
+const PREFILL_LIMIT = 1000;
+
+// The size of one sample: dynamic dimensions (-1) count as 1, a declared 0 as 0.
+function sampleShape(shape) {
+  return shape.map((d) => (d < 0 ? 1 : d));
 }
 
+// Nested zeros of a shape from sampleShape (small: the caller checks the count first).
+function zeros(shape, value) {
+  const [first, ...rest] = shape;
+  return Array.from({ length: first }, () => (rest.length === 0 ? value : zeros(rest, value)));
+}
+
+// The request the panel starts with, and notes for the inputs too big to prefill.
+// /predict reads every value as a list: a 0-d input takes a one-element list ([0]), the rest nested zeros.
 function exampleRequest(model) {
   const inputs = {};
-  for (const input of model.inputs) inputs[input.name] = zeros(input.shape, zeroFor(input.type));
-  return { model_id: model.id, inputs };
+  const notes = [];
+  for (const input of model.inputs) {
+    const shape = sampleShape(input.shape);
+    const count = shape.reduce((n, d) => n * d, 1);
+    if (shape.length === 0) {
+      inputs[input.name] = [zeroFor(input.type)];
+    } else if (count <= PREFILL_LIMIT) {
+      inputs[input.name] = zeros(shape, zeroFor(input.type));
+    } else {
+      inputs[input.name] = [];
+      notes.push(`${input.name} [${input.shape.join(", ")}] takes ${count.toLocaleString("en-US")} values`);
+    }
+  }
+  return { request: { model_id: model.id, inputs }, notes };
 }
 
 // JSON on one line with spaces: [[0, 0, 0, 0]], {"0": 0.98, "1": 0.02}.
@@ -157,8 +229,8 @@ function fillTable(id, tensors) {
   tbody.replaceChildren();
   for (const tensor of tensors) {
     const row = document.createElement("tr");
-    cell(row, tensor.name);
-    cell(row, tensor.type);
+    breakableCell(row, tensor.name);
+    breakableCell(row, tensor.type);
     cell(row, `[${tensor.shape.join(", ")}]`);
     tbody.appendChild(row);
   }
@@ -182,11 +254,18 @@ async function openModel(id) {
   for (const row of $("models").querySelectorAll("tbody tr")) row.setAttribute("aria-selected", String(row.dataset.id === id));
   $("panel").hidden = false;
   $("panel-title").textContent = `${current.name} (${current.id})`;
-  $("panel-meta").textContent = `version ${current.version} · ${formatSize(current.size_bytes)} · sha256 ${current.sha256.slice(0, 12)}…`;
+  $("panel-meta").textContent = `version ${current.version} · ${formatSize(current.size_bytes)} · created ${formatTime(current.created_at)}`
+    + ` · sha256 ${current.sha256.slice(0, 12)}…`;
   fillTable("inputs", current.inputs);
   fillTable("outputs", current.outputs);
-  $("request").value = compactJson(exampleRequest(current));
+  const example = exampleRequest(current);
+  $("request").value = compactJson(example.request);
+  $("request-note").hidden = example.notes.length === 0;
+  $("request-note").textContent = example.notes.length === 0 ? ""
+    : `${example.notes.join("; ")}: too many to prefill (the console writes at most ${PREFILL_LIMIT.toLocaleString("en-US")} `
+      + "values an input). Put the values in place of [], or send the request with curl.";
   $("response").textContent = "";
+  $("response-meta").className = "muted";
   $("response-meta").textContent = "";
   updateCurl();
   $("predict").focus();
@@ -194,6 +273,8 @@ async function openModel(id) {
 
 async function predict() {
   const button = $("predict");
+  clearMessages();
+  $("response").textContent = "";
   let body;
   try {
     body = JSON.parse($("request").value);
@@ -202,6 +283,8 @@ async function predict() {
     $("response-meta").className = "error";
     return;
   }
+  $("response-meta").className = "muted";
+  $("response-meta").textContent = "Predicting…";
   button.disabled = true;
   try {
     const response = await fetch("/predict", {
@@ -223,6 +306,7 @@ async function predict() {
   } catch (error) {
     $("response-meta").className = "error";
     $("response-meta").textContent = `The server did not answer: ${error.message}`;
+    $("response").textContent = "";
   } finally {
     button.disabled = false;
   }
@@ -232,6 +316,7 @@ function upload(event) {
   event.preventDefault();
   const form = $("upload");
   const message = $("upload-message");
+  clearMessages();
   if (!form.reportValidity()) return;
   const data = new FormData();
   data.append("file", $("upload-file").files[0]);
@@ -249,13 +334,11 @@ function upload(event) {
   request.addEventListener("load", async () => {
     progress.hidden = true;
     $("upload-submit").disabled = false;
-    let body = {};
+    let body = null;
     try {
       body = JSON.parse(request.responseText);
-    } catch (_) {
-      body = { error: request.statusText };
-    }
-    if (request.status === 201) {
+    } catch (_) { /* not JSON: refusal() says so */ }
+    if (request.status === 201 && body && body.model) {
       message.className = "ok";
       message.textContent = `Uploaded ${body.model.id} (${body.model.name} ${body.model.version}).`;
       for (const id of ["upload-file", "upload-id", "upload-name", "upload-version"]) $(id).value = ""; // the token stays
@@ -263,7 +346,7 @@ function upload(event) {
       openModel(body.model.id);
     } else {
       message.className = "error";
-      message.textContent = `Refused: ${statusLine(request.status, request.statusText)}: ${body.error || "unknown error"}${tokenHint(request.status)}`;
+      message.textContent = `Refused: ${refusal(request.status, request.statusText, request.responseText, request.getResponseHeader("Retry-After"))}`;
     }
   });
   request.addEventListener("error", () => {
@@ -290,6 +373,7 @@ function askDelete() {
 async function confirmDelete() {
   if ($("confirm-delete").returnValue !== "delete" || !current) return;
   const id = current.id;
+  clearMessages();
   const response = await fetch(`/models/${encodeURIComponent(id)}`, { method: "DELETE", headers: authHeaders() });
   if (!response.ok) {
     $("response-meta").className = "error";
@@ -304,7 +388,10 @@ async function confirmDelete() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  $("refresh").addEventListener("click", refreshModels);
+  $("refresh").addEventListener("click", () => {
+    clearMessages();
+    refreshModels();
+  });
   $("upload").addEventListener("submit", upload);
   $("predict").addEventListener("click", predict);
   $("request").addEventListener("input", updateCurl);

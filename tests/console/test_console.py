@@ -8,7 +8,14 @@ import shutil
 from urllib.parse import urlparse
 
 import pytest
+import requests
 
+from nexus.errors import (
+    InferenceMemoryLimit,
+    InferenceTimeout,
+    ModelLoading,
+    ModelTooLarge,
+)
 from tests import models
 from tests.conftest import TOKEN, files_in
 
@@ -222,3 +229,184 @@ def test_a_server_with_a_token(browser, tmp_path):
         page.screenshot(path=str(tmp_path / "token.png"), full_page=True)
         context.close()
         assert_same_origin(page, server)
+
+
+# The issue's console defects, one test each.
+
+def upload_through_api(server, data: bytes, model_id: str, name: str = "API model", version: str = "v1"):
+    response = requests.post(server.url("/models/upload"), files={"file": (f"{model_id}.onnx", data)},
+                             data={"id": model_id, "name": name, "version": version}, timeout=60)
+    assert response.status_code == 201, response.text
+
+
+def script_errors(page):
+    """The page's errors, less Chromium's note on each refused request (which these tests make on purpose)."""
+    return [e for e in page.errors if not e.startswith("Failed to load resource: the server responded with a status of")]
+
+
+def open_model(page, model_id):
+    page.click("#refresh")
+    page.click(f"#models tbody tr[data-id='{model_id}']")
+    page.wait_for_selector(f"#panel:not([hidden]) #panel-title:has-text('({model_id})')")
+
+
+def test_a_hint_says_what_a_row_does_and_space_opens_a_row_too(page):
+    hint = page.locator("#models-hint")
+    assert hint.is_visible()
+    assert "Click" in hint.inner_text() and "Enter" in hint.inner_text() and "predict" in hint.inner_text()
+    assert page.get_attribute("#models tbody tr[data-id='iris']", "aria-describedby") == "models-hint"
+    page.focus("#models tbody tr[data-id='iris']")
+    page.keyboard.press("Space")
+    page.wait_for_selector("#panel:not([hidden])")
+    assert page.inner_text("#panel-title").endswith("(iris)")
+    assert page.evaluate("document.activeElement.id") == "predict"
+    assert script_errors(page) == []
+
+
+def test_at_phone_width_no_card_or_table_scrolls_sideways(browser, server):
+    upload_through_api(server, models.identity(shape=(None, 4), name="a_rather_long_input_name_without_spaces_at_all"),
+                       "zz_a_model_with_a_rather_long_identifier_that_has_no_spaces.v2", version="v2.0.0-rc.1+build.20261125")
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    page.goto(server.url("/"))
+    page.wait_for_selector("#models tbody tr[data-id='iris']")
+    overflowing = """() => [...document.querySelectorAll('.card, .scroll, .table, .tables > div')]
+        .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth)
+        .map(e => `${e.id || e.className}: ${e.scrollWidth} > ${e.clientWidth}`)"""
+    for model_id in ("iris", "zz_a_model_with_a_rather_long_identifier_that_has_no_spaces.v2"):
+        open_model(page, model_id)
+        assert page.evaluate(overflowing) == [], model_id
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    open_model(page, "iris")
+    # the outputs keep their type column, whole and inside the card
+    type_cell, panel = page.locator("#outputs tbody tr:nth-child(2) td:nth-child(2)"), page.locator("#panel").bounding_box()
+    assert type_cell.is_visible() and type_cell.inner_text() == "seq(map(int64,tensor(float)))"
+    assert type_cell.bounding_box()["x"] + type_cell.bounding_box()["width"] <= panel["x"] + panel["width"]
+    assert page.locator("#models tbody tr[data-id='iris'] td:nth-child(3)").is_visible()  # id, name and version stay
+    context.close()
+
+
+def test_a_scalar_input_is_prefilled_as_the_server_accepts_it(page, server):
+    upload_through_api(server, models.identity(shape=()), "scalar")
+    open_model(page, "scalar")
+    assert page.inner_text("#inputs tbody").split("\t") == ["X", "tensor(float)", "[]"]
+    assert json.loads(page.input_value("#request")) == {"model_id": "scalar", "inputs": {"X": [0]}}
+    page.click("#predict")
+    page.wait_for_selector("#response:not(:empty)")
+    assert page.get_attribute("#response-meta", "class") != "error", page.inner_text("#response-meta")
+    assert json.loads(page.inner_text("#response"))["outputs"] == {"Y": 0}
+    assert script_errors(page) == []
+
+
+def test_the_prefill_follows_each_declared_shape_up_to_its_cap(page):
+    cases = [  # shape, type, the value prefilled (None: not prefilled, a note instead)
+        ([], "tensor(float)", [0]), ([], "tensor(string)", [""]), ([], "tensor(bool)", [False]),
+        ([-1, 4], "tensor(float)", [[0, 0, 0, 0]]), ([3], "tensor(int64)", [0, 0, 0]), ([0, 4], "tensor(float)", []),
+        ([-1, -1, 2], "tensor(float)", [[[0, 0]]]), ([10, 100], "tensor(float)", [[0] * 100] * 10),
+        ([-1, 1001], "tensor(float)", None), ([100000, 100000], "tensor(float)", None),
+    ]
+    for shape, kind, expected in cases:
+        model = {"id": "m", "inputs": [{"name": "x", "type": kind, "shape": shape}]}
+        example = page.evaluate("model => exampleRequest(model)", model)
+        assert example["request"]["inputs"]["x"] == ([] if expected is None else expected), shape
+        assert (example["notes"] != []) == (expected is None), shape
+
+
+def test_a_huge_declared_input_gets_a_note_not_an_example(page, server):
+    upload_through_api(server, models.identity(shape=(100000, 100000)), "huge")
+    page.click("#refresh")
+    page.click("#models tbody tr[data-id='huge']")
+    page.wait_for_selector("#request-note:not([hidden])", timeout=10000)
+    assert page.evaluate("1 + 1") == 2  # the tab still answers
+    note = page.inner_text("#request-note")
+    assert "X [100000, 100000]" in note and "10,000,000,000 values" in note and "1,000" in note
+    assert json.loads(page.input_value("#request")) == {"model_id": "huge", "inputs": {"X": []}}
+    page.fill("#request", '{"model_id": "huge", "features": [1, 2]}')  # the user's to edit; the server says what it needs
+    assert '"features": [1, 2]' in page.input_value("#curl")
+    page.click("#predict")
+    page.wait_for_selector("#response-meta.error")
+    assert page.inner_text("#response-meta").startswith("400 Bad Request: input 'X': shape [100000, 100000] needs")
+    page.click("#models tbody tr[data-id='iris']")
+    page.wait_for_selector("#request-note", state="hidden")
+    assert script_errors(page) == []
+
+
+def test_a_new_action_clears_what_earlier_ones_said(page, tmp_path):
+    # a failed upload, then a successful prediction
+    upload_through_form(page, model_file(tmp_path, b"not a model", "notes.onnx"), "notes")
+    page.wait_for_selector("#upload-message.error")
+    page.click("#models tbody tr[data-id='iris']")
+    page.wait_for_selector("#panel:not([hidden])")
+    page.click("#predict")
+    page.wait_for_selector("#response:not(:empty)")
+    assert page.inner_text("#upload-message") == ""
+    # a refused prediction, then a refused upload: only the upload's refusal is left
+    page.fill("#request", '{"model_id": "iris", "features": [1, 2, 3]}')
+    page.click("#predict")
+    page.wait_for_selector("#response-meta.error")
+    upload_through_form(page, model_file(tmp_path, models.identity()), "iris")
+    page.wait_for_selector("#upload-message.error")
+    assert "409 Conflict" in page.inner_text("#upload-message")
+    assert page.inner_text("#response-meta") == "" and not page.is_visible("#response-meta.error")
+    # a model that could not be opened, then a prediction
+    page.route("**/models/iris", lambda route: route.fulfill(
+        status=404, content_type="application/json", body='{"error": "model \'iris\' is not registered", "code": "model_not_found"}'))
+    page.click("#models tbody tr[data-id='iris']")
+    page.wait_for_selector("#models-error:not([hidden])")
+    assert page.inner_text("#upload-message") == ""
+    page.unroute("**/models/iris")
+    page.fill("#request", '{"model_id": "iris", "features": [5.1, 3.5, 1.4, 0.2]}')
+    page.click("#predict")
+    page.wait_for_selector("#response-meta:has-text('prediction [0] ')")
+    assert page.is_hidden("#models-error")
+    # a refused upload, then a new upload: "Uploading…", then its own answer
+    upload_through_form(page, model_file(tmp_path, models.identity()), "iris")
+    page.wait_for_selector("#upload-message.error")
+    upload_through_form(page, model_file(tmp_path, models.identity()), "fresh")
+    page.wait_for_selector("#upload-message:has-text('Uploaded fresh')")
+    assert "409" not in page.inner_text("#upload-message")
+    assert script_errors(page) == []
+
+
+def test_no_empty_box_is_shown(page):
+    page.click("#models tbody tr[data-id='iris']")
+    page.wait_for_selector("#panel:not([hidden])")
+    assert page.is_hidden("#response") and page.is_hidden("#request-note")  # nothing predicted yet
+    page.click("#predict")
+    page.wait_for_selector("#response:not(:empty)")
+    assert page.is_visible("#response")
+    page.fill("#request", '{"model_id": "iris", "features": [1]}')
+    page.click("#predict")
+    page.wait_for_selector("#response-meta.error")
+    assert page.is_hidden("#response")  # the error alone, no grey box under it
+    assert page.evaluate("[...document.querySelectorAll('.card pre, .card .note')].filter(e => e.offsetParent && !e.textContent.trim()).length") == 0
+
+
+def test_limits_timeouts_and_loading_are_said_in_words(page, tmp_path):
+    """422 over a limit, 504 a run stopped at the timeout, 503 with Retry-After: as the server sends them, and via a proxy."""
+    def answer(error=None, status=None, headers=None, body=None):
+        def handle(route):
+            route.fulfill(status=status or error.status, headers={"X-Request-ID": "r-1", **(error.headers if error else {}), **(headers or {})},
+                          content_type="application/json" if error else "text/html",
+                          body=json.dumps({"error": error.message, "code": error.code, "request_id": "r"}) if error else body)
+        return handle
+
+    page.click("#models tbody tr[data-id='iris']")
+    page.wait_for_selector("#panel:not([hidden])")
+    expected = [
+        (answer(InferenceMemoryLimit(64)), "422 Over a Limit: the model needed more working memory for this request than the limit of 64 MB"),
+        (answer(InferenceTimeout(30)), "504 Timed Out: the model ran longer than the limit of 30 s (NEXUS_INFERENCE_TIMEOUT_S) and was stopped"),
+        (answer(ModelLoading("iris", 2)), "503 Not Ready: model 'iris' is still loading in this worker; retry in 2 s (request r-1)"),
+        (answer(status=503, headers={"Retry-After": "5"}, body="<html>busy</html>"), "503 Not Ready: the answer carried no JSON error (try again in 5 s) (request r-1)"),
+        (answer(status=504, body="<html>gateway timeout</html>"), "504 Timed Out: the answer carried no JSON error (request r-1)"),
+    ]
+    for handler, words in expected:
+        page.route("**/predict", handler)
+        page.click("#predict")
+        page.wait_for_selector("#response-meta.error")
+        assert page.inner_text("#response-meta").startswith(words), page.inner_text("#response-meta")
+        page.unroute("**/predict")
+    page.route("**/models/upload", answer(ModelTooLarge("loading this model needs more than 8 MB of memory; the limit is 8 MB (NEXUS_MAX_MODEL_MEMORY_MB)")))
+    upload_through_form(page, model_file(tmp_path, models.identity()), "big")
+    page.wait_for_selector("#upload-message.error")
+    assert page.inner_text("#upload-message").startswith("Refused: 422 Over a Limit: loading this model needs more than 8 MB")
