@@ -8,13 +8,20 @@ from nexus.errors import (
     ApiError,
     BadInput,
     InferenceFailed,
+    InferenceMemoryLimit,
+    InferenceTimeout,
     InvalidModel,
     ModelBusy,
     ModelExists,
+    ModelLoadTimeout,
+    ModelLoading,
     ModelNotFound,
+    ModelTooLarge,
+    ModelUnavailable,
     NotReady,
     StorageFull,
     StorageNotWritable,
+    StorageUnavailable,
     TooLarge,
     Unauthorized,
     UnsupportedMediaType,
@@ -39,6 +46,13 @@ from tests.conftest import assert_error, files_in, upload
         (StorageNotWritable(), 500, "storage_not_writable"),
         (NotReady("x"), 503, "not_ready"),
         (StorageFull(), 507, "storage_full"),
+        (ModelUnavailable("iris", "too big"), 404, "model_unavailable"),
+        (ModelTooLarge("x"), 422, "model_too_large"),
+        (ModelLoadTimeout("x"), 422, "model_load_timeout"),
+        (InferenceMemoryLimit(512), 422, "inference_memory_limit"),
+        (ModelLoading("iris", 5), 503, "model_loading"),
+        (StorageUnavailable(), 503, "storage_unavailable"),
+        (InferenceTimeout(2.5), 504, "inference_timeout"),
     ],
 )
 def test_each_error_carries_its_status_and_code(error, status, code):
@@ -54,6 +68,9 @@ def test_each_error_carries_its_status_and_code(error, status, code):
         (ModelBusy("iris"), "model 'iris' is being written by another request; try again"),
         (TooLarge.over(10 * 1024 * 1024), "request body is over the limit of 10 MB"),
         (TooLarge.over(int(0.01 * 1024 * 1024)), "request body is over the limit of 0.01 MB"),
+        (InferenceTimeout(2.5), "the model ran longer than the limit of 2.5 s (NEXUS_INFERENCE_TIMEOUT_S) and was stopped"),
+        (ModelLoading("iris", 5), "model 'iris' is still loading in this worker; retry in 5 s"),
+        (ModelUnavailable("iris", "too big"), "model 'iris' is in the model directory but cannot be served: too big"),
     ],
 )
 def test_constructors_compose_the_message_from_the_facts(error, message):
@@ -62,6 +79,11 @@ def test_constructors_compose_the_message_from_the_facts(error, message):
 
 def test_unauthorized_asks_for_a_bearer_token():
     assert Unauthorized.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_a_loading_model_says_when_to_retry_and_other_errors_share_no_headers():
+    assert ModelLoading("iris", 5).headers == {"Retry-After": "5"}
+    assert NotReady("x").headers == {} and ModelLoading("a", 1).headers is not ModelLoading("b", 1).headers
 
 
 ROUTING = [

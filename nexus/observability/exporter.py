@@ -1,0 +1,68 @@
+"""``/metrics``: prometheus-flask-exporter's endpoint over the counters of ``metrics``.
+
+Under gunicorn the values of every worker are merged from the multiprocess directory at each
+scrape; samples of models that are no longer in the model directory are left out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from flask import Flask
+from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client.exposition import choose_encoder
+from prometheus_flask_exporter import PrometheusMetrics
+
+from nexus.observability.metrics import METRICS_PATH
+
+
+class _KnownModelsOnly:
+    """A collector that passes on ``source``'s samples except those of models no longer in the directory.
+
+    Counters of a deleted model live on in the multiprocess files of every worker that served
+    it; without this, each upload/delete cycle would leave its series in /metrics for good.
+    """
+
+    def __init__(self, source, known: Callable[[], set[str]]) -> None:
+        self.source, self.known = source, known
+
+    def collect(self):
+        known = self.known()
+        for family in self.source.collect():
+            family.samples = [s for s in family.samples if s.labels.get("model_id") is None or s.labels["model_id"] in known]
+            yield family
+
+
+class _Exporter(PrometheusMetrics):
+    """prometheus-flask-exporter's endpoint, with the samples of deleted models left out."""
+
+    def __init__(self, known: Callable[[], set[str]], **kwargs) -> None:
+        super().__init__(app=None, **kwargs)
+        self.known = known
+
+    def generate_metrics(self, accept_header=None, names=None):
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            source = multiprocess.MultiProcessCollector(None)
+        else:
+            source = self.registry
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_KnownModelsOnly(source, self.known))
+        if names:
+            registry = registry.restricted_registry(names)
+        encode, content_type = choose_encoder(accept_header)
+        return encode(registry).decode("utf-8"), content_type
+
+
+def init_app(app: Flask) -> None:
+    """Serve ``/metrics`` (multiprocess-aware, deleted models left out); our hooks do the counting."""
+    store = app.extensions["nexus"].store
+
+    def known() -> set[str]:
+        try:
+            return {entry.model_id for entry in store.scan()}
+        except OSError:
+            return set()
+
+    exporter = _Exporter(known, path=METRICS_PATH, export_defaults=False)
+    exporter.init_app(app)
