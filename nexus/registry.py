@@ -163,8 +163,10 @@ class Registry:
             return [self._models[k] for k in sorted(self._models)]
 
     def count(self) -> int:
+        """Return how many models this worker serves or is loading, in step with the directory; never waits."""
+        self.refresh()
         with self._lock:
-            return len(self._models)
+            return len(self._models.keys() | self._pending.keys())
 
     def index(self) -> list[dict[str, str]]:
         """Return every model in the directory with its state: READY, or UNAVAILABLE with the reason."""

@@ -174,13 +174,12 @@ def _slow_iterations(seconds: float) -> int:
 def test_sigterm_lets_an_in_flight_prediction_finish_and_exits_0(make_server):
     server = make_server(workers=2)
     assert upload(server, models.slow_loop(), "slow").status_code == 201
-    iterations = _slow_iterations(3.0)
+    iterations = _slow_iterations(4.0)  # calibration on a busy machine can only make the run shorter
     result = {}
 
     def slow_request():
-        started = time.monotonic()
         response = requests.post(server.url("/predict"), json={"model_id": "slow", "inputs": {"N": [iterations]}}, timeout=30)
-        result.update(status=response.status_code, seconds=time.monotonic() - started)
+        result.update(status=response.status_code, finished=time.monotonic())
 
     thread = threading.Thread(target=slow_request)
     thread.start()
@@ -189,7 +188,7 @@ def test_sigterm_lets_an_in_flight_prediction_finish_and_exits_0(make_server):
     code = server.stop(signal.SIGTERM, timeout=20)
     thread.join(30)
     assert result["status"] == 200
-    assert result["seconds"] >= 1.5
+    assert result["finished"] > started  # it was still running when SIGTERM came, and was let finish
     assert code == 0
     assert time.monotonic() - started < 15
 
