@@ -24,7 +24,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import Server, build_mlp, lua_script, make_cases, median_of, verify, wrk  # noqa: E402
+from bench.run import Server, build_mlp, lua_script, make_cases, median_of, verify, write_section, wrk  # noqa: E402
 
 BEGIN, END = "<!-- compare: written by bench/compare.py -->", "<!-- /compare -->"
 
@@ -104,13 +104,7 @@ def main() -> None:
     )
     print(section)
     if args.write:
-        report = ROOT / "docs" / "benchmarks.md"
-        text = report.read_text()
-        if BEGIN in text:
-            text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1:]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        report.write_text(text)
+        write_section(BEGIN, END, section)
 
 
 if __name__ == "__main__":

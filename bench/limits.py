@@ -31,7 +31,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import BATCH, LIMITS_BEGIN, build_mlp  # noqa: E402
+from bench.run import BATCH, LIMITS_BEGIN, build_mlp, write_section  # noqa: E402
 from nexus import sandbox  # noqa: E402
 from nexus.config import Settings  # noqa: E402
 from nexus.runtime import Runtime  # noqa: E402
@@ -128,13 +128,7 @@ def main() -> None:
                f"loading the model once in the worker):\n\n{upload_table}\n{END}\n")
     print(section)
     if not args.print:
-        report = ROOT / "docs" / "benchmarks.md"
-        text = report.read_text() if report.exists() else "# Benchmarks\n"
-        if BEGIN in text:
-            text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1:]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        report.write_text(text)
+        write_section(BEGIN, END, section)
 
 
 if __name__ == "__main__":

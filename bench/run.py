@@ -351,6 +351,17 @@ def main() -> None:
 # -- the report ------------------------------------------------------------------------------------------
 
 
+def write_section(begin: str, end: str, section: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``) into docs/benchmarks.md, replacing its last version."""
+    report = ROOT / "docs" / "benchmarks.md"
+    text = report.read_text() if report.exists() else "# Benchmarks\n"
+    if begin in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) + 1:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    report.write_text(text)
+
+
 def _version(package: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
