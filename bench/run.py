@@ -63,6 +63,16 @@ def build_mlp(path: Path) -> None:
     path.write_bytes(model.SerializeToString())
 
 
+def bench_models(work: Path) -> Path:
+    """Make ``work/models`` holding the demo model, and the MLP at ``work/mlp.onnx`` for uploading; return the former."""
+    model_dir = work / "models"
+    model_dir.mkdir()
+    for name in ("iris.onnx", "iris.model_info.json"):
+        shutil.copy(ROOT / "models" / name, model_dir / name)
+    build_mlp(work / "mlp.onnx")
+    return model_dir
+
+
 @dataclass
 class Case:
     """One kind of request: what to send, where, and what onnxruntime says the answer is."""
@@ -281,11 +291,7 @@ def main() -> None:
         raise SystemExit("wrk is not installed (Debian package wrk)")
     levels = [int(c) for c in args.concurrency.split(",")]
     work = Path(tempfile.mkdtemp(prefix="nexus-bench-"))
-    model_dir = work / "models"
-    model_dir.mkdir()
-    for name in ("iris.onnx", "iris.model_info.json"):
-        shutil.copy(ROOT / "models" / name, model_dir / name)
-    build_mlp(work / "mlp.onnx")
+    model_dir = bench_models(work)
     naive_dir = work / "naive-models"
     naive_dir.mkdir()
     shutil.copy(model_dir / "iris.onnx", naive_dir / "iris.onnx")

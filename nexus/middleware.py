@@ -144,7 +144,7 @@ class Edge:
             fields["model_id"] = call.model_id
             fields["latency_ms"] = call.latency_ms
             fields["outcome"] = outcome = "success" if status < "400" else "error"
-            metrics.prediction_done(call.model_id, outcome)
+            metrics.prediction_done(call.model_id, outcome, seconds)
         else:
             call = None
         log.log(logging.ERROR if status >= "500" else logging.INFO, "prediction" if call else "request", extra=fields)

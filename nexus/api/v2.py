@@ -22,7 +22,9 @@ from nexus.tensors import decode_v2, decode_v2_binary, encode_v2, v2_datatype
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-EXTENSIONS = ["binary_tensor_data", "model_repository"]
+# "statistics" is served too (nexus/api/triton.py) but not advertised: perf_analyzer, seeing it, reads
+# model versions as integers and aborts on one like "v1.0.0".
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
 PLATFORM = "onnxruntime_onnx"
 
 
@@ -68,6 +70,8 @@ def handle_infer(app_state, environ: dict[str, Any], name: str, version: str | N
     """Answer one V2 inference request (the middleware serves it without a Flask context)."""
     check_predict_token(app_state.settings, environ)
     body, binary = _read_request(environ, app_state.settings.max_request_bytes)
+    if not isinstance(body.get("id", ""), str):
+        raise BadInput("field 'id' must be a string; it is echoed back in the answer")
     call = environ[CALL_ENVIRON] = Call()
     asked, as_binary = _wanted_outputs(body)
     request = InferenceRequest(name, _inputs(body.get("inputs"), binary), asked, version)

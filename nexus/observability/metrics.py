@@ -8,7 +8,12 @@ series twice.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 METRICS_PATH = "/metrics"
 UNMATCHED = "<unmatched>"
@@ -55,9 +60,13 @@ def observe_inference(model_id: str, seconds: float) -> None:
     _child(INFERENCE, model_id).observe(seconds)
 
 
-def prediction_done(model_id: str, outcome: str) -> None:
-    """Count a prediction as ``success`` or ``error``, from the status its response carried."""
+def prediction_done(model_id: str, outcome: str, seconds: float) -> None:
+    """Count a prediction as ``success`` or ``error`` (from the status its response carried), with its
+    whole request time, and note when the model last answered well (Triton's statistics read these)."""
     _child(PREDICTIONS, model_id, outcome).inc()
+    _child(PREDICTION_SECONDS, model_id, outcome).inc(seconds)
+    if outcome == "success":
+        _child(LAST_PREDICTION, model_id).set(time.time())
 
 
 # The registry reports to this module through these two functions (it knows nothing of Prometheus).
@@ -71,3 +80,74 @@ def model_loaded(seconds: float) -> None:
 
 def upload_accepted(size: int) -> None:
     UPLOAD_BYTES.inc(size)
+
+
+# -- Triton's statistics extension (nexus/api/triton.py) ------------------------------------------
+# Two series the existing ones do not give: how long whole prediction requests took, by outcome
+# (Triton's success/fail durations), and when a model last answered one (Triton's last_inference).
+
+PREDICTION_SECONDS = Counter(
+    "model_prediction_seconds", "Seconds spent answering prediction requests (the whole request) by model and outcome.", ["model_id", "status"]
+)
+LAST_PREDICTION = Gauge(
+    "model_last_prediction_timestamp_seconds", "When the model last answered a prediction successfully (Unix time).", ["model_id"],
+    multiprocess_mode="max",  # the latest of every worker's, a dead worker's included
+)
+
+
+@dataclass
+class ModelStatistics:
+    """One model's prediction totals over every worker of this server, as the metrics hold them."""
+
+    success: int = 0  # predictions answered 2xx/3xx (model_predictions_total{status="success"})
+    failure: int = 0  # predictions answered with an error (status="error")
+    success_seconds: float = 0.0  # whole-request time of those (model_prediction_seconds_total)
+    failure_seconds: float = 0.0
+    runs: int = 0  # onnxruntime runs that completed (model_inference_duration_seconds_count)
+    run_seconds: float = 0.0  # time inside those runs (model_inference_duration_seconds_sum)
+    last_success: float = 0.0  # Unix time of the last successful prediction; 0 if none
+
+
+def model_statistics(model_ids: Iterable[str]) -> dict[str, ModelStatistics]:
+    """Return the totals of each model in ``model_ids``, summed over all gunicorn workers.
+
+    Under gunicorn (``PROMETHEUS_MULTIPROC_DIR`` set) the workers' files are merged by
+    prometheus_client's multiprocess collector, the same values ``/metrics`` shows; otherwise
+    this process's registry is read.
+    """
+    stats = {model_id: ModelStatistics() for model_id in model_ids}
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry(auto_describe=False)
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    for family in registry.collect():
+        if family.name not in _STATISTICS_FAMILIES:
+            continue
+        for sample in family.samples:
+            entry = stats.get(sample.labels.get("model_id"))
+            if entry is None:
+                continue
+            name, status, value = sample.name, sample.labels.get("status"), sample.value
+            if name == "model_predictions_total":
+                if status == "success":
+                    entry.success += round(value)
+                elif status == "error":
+                    entry.failure += round(value)
+            elif name == "model_prediction_seconds_total":
+                if status == "success":
+                    entry.success_seconds += value
+                elif status == "error":
+                    entry.failure_seconds += value
+            elif name == "model_inference_duration_seconds_count":
+                entry.runs += round(value)
+            elif name == "model_inference_duration_seconds_sum":
+                entry.run_seconds += value
+            elif name == "model_last_prediction_timestamp_seconds":
+                entry.last_success = max(entry.last_success, value)
+    return stats
+
+
+_STATISTICS_FAMILIES = frozenset({
+    "model_predictions", "model_prediction_seconds", "model_inference_duration_seconds", "model_last_prediction_timestamp_seconds",
+})
