@@ -25,7 +25,8 @@ log = logging.getLogger("nexus.errors")
 REQUEST_ID_ENVIRON = "nexus.request_id"
 ROUTE_ENVIRON = "nexus.route"
 CALL_ENVIRON = "nexus.call"  # the inference.Call of a prediction, for the middleware's metrics and log line
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
+REQUEST_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
+_VALID_REQUEST_ID = re.compile(REQUEST_ID_PATTERN).fullmatch
 # NaN and +-Infinity become null (orjson's rule); numpy arrays and int map keys are written natively.
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _READ_CHUNK = 1024 * 1024

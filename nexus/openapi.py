@@ -1,17 +1,57 @@
 """The OpenAPI 3.1 document of every route (REST API and V2), served at ``/openapi.json``.
 
-Postman imports it as a collection; schemathesis fuzzes the server from it; a test checks that it
-names exactly the routes of the Flask url_map.
+Postman imports it as a collection whose requests (with "Parameter generation: Example") run as
+they are against the demo model; schemathesis fuzzes the server from it. Its facts come from the
+code that enforces them: ids from ``nexus.store``, V2 datatypes from ``nexus.tensors``, error
+codes, statuses and meanings from ``nexus.errors``. Tests check it against the url map, the
+README's error table and the demo model.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from nexus import __version__
-from nexus.store import ID_PATTERN
+from nexus import __version__, config
+from nexus.errors import (
+    ApiError,
+    BadInput,
+    InferenceFailed,
+    InferenceMemoryLimit,
+    InferenceTimeout,
+    InvalidModel,
+    ModelBusy,
+    ModelExists,
+    ModelLoading,
+    ModelLoadTimeout,
+    ModelNotFound,
+    ModelTooLarge,
+    ModelUnavailable,
+    ModelUnloaded,
+    NotReady,
+    StorageFull,
+    StorageNotWritable,
+    StorageUnavailable,
+    TooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+    VersionNotFound,
+)
+from nexus.http import REQUEST_ID_PATTERN
+from nexus.store import ID_PATTERN, ID_RULE, RESERVED_IDS
+from nexus.tensors import DTYPES
 
 JSON = "application/json"
+
+# The demo model (models/iris.onnx, README) and its real requests: every example below is one of them, so an
+# imported collection runs against a fresh server as it is (tests/test_openapi.py sends each one).
+DEMO_ID = "iris"
+DEMO_NAME = "Iris classifier (logistic regression)"
+DEMO_VERSION = "v1.0.0"
+DEMO_INPUT = "input"
+DEMO_SAMPLES = [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]
+
+# What the codec decodes (a datatype without a numpy type, like BF16, is refused).
+V2_DATATYPES = [d.v2 for d in DTYPES if d.numpy is not None]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -22,46 +62,96 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
-    words = {
-        400: "Bad input: the message says what is wrong",
-        401: "The API token is required and missing or wrong",
-        404: "Unknown model (or version)",
-        405: "Method not allowed on this route",
-        409: "The id is already registered, or being written right now",
-        413: "Body over the configured limit",
-        415: "Wrong content type",
-        500: "Server-side failure: inference failed inside the model, or the model directory is not writable",
-        503: "Not ready",
-        507: "The model directory is full",
-    }
-    return {str(s): _json(_ref("Error"), words[s]) for s in statuses}
+def _error_schema(codes: list[str]) -> dict[str, Any]:
+    return {"allOf": [_ref("Error"), {"properties": {"code": {"enum": codes}}}]}
 
 
-def _op(summary: str, responses: dict[str, Any], body: dict[str, Any] | None = None, tag: str = "models", **extra: Any) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses, **extra}
+def _when(kind: type[ApiError]) -> str:
+    """What an error means, from its class's docstring ("404: raise when <this>.")."""
+    return (kind.__doc__ or "").partition("raise when ")[2].strip().rstrip(".")
+
+
+_ERROR_HEADERS: dict[type[ApiError], dict[str, Any]] = {
+    Unauthorized: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    ModelLoading: {
+        "Retry-After": {
+            "description": "With model_loading: seconds to wait before asking again",
+            "schema": {"type": "integer"},
+        }
+    },
+}
+
+
+def _errors(*kinds: type[ApiError]) -> dict[str, Any]:
+    """The error responses of an operation raising ``kinds``: one per status, each code and its meaning."""
+    by_status: dict[int, list[type[ApiError]]] = {}
+    for kind in kinds:
+        by_status.setdefault(kind.status, []).append(kind)
+    responses = {}
+    for status, group in sorted(by_status.items()):
+        meaning = "; ".join(f"{k.code}: {_when(k)}" for k in group)
+        response = _json(_error_schema([k.code for k in group]), meaning)
+        headers = {name: header for k in group for name, header in _ERROR_HEADERS.get(k, {}).items()}
+        if headers:
+            response["headers"] = headers
+        responses[str(status)] = response
+    return responses
+
+
+# What the operations raise, by what they do.
+_FINDS_A_MODEL = (
+    BadInput, Unauthorized, ModelNotFound, ModelUnavailable, ModelUnloaded, ModelLoading, StorageUnavailable
+)
+_RUNS_A_MODEL = (*_FINDS_A_MODEL, TooLarge, InferenceMemoryLimit, InferenceFailed, InferenceTimeout)
+_CLAIMS_AN_ID = (BadInput, Unauthorized, ModelBusy, StorageNotWritable, StorageUnavailable, StorageFull)
+
+
+def _op(summary: str, ok: dict[str, Any], errors: tuple[type[ApiError], ...] = (), tag: str = "models",
+        body: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": {**ok, **_errors(*errors)}, **extra}
+    if Unauthorized in errors:
+        op["security"] = [{"bearer": []}, {}]  # needed where NEXUS_API_TOKEN (and NEXUS_PROTECT_PREDICT) say
     if body is not None:
         op["requestBody"] = body
     return op
 
 
-_ID_SCHEMA = {"type": "string", "pattern": f"^{ID_PATTERN}$"}
+def _json_body(schema: dict[str, Any], examples: dict[str, tuple[str, Any]], required: bool = True,
+               **other: Any) -> dict[str, Any]:
+    """A JSON request body with named examples (name: (summary, value)); ``other`` media types after it."""
+    named = {name: {"summary": summary, "value": value} for name, (summary, value) in examples.items()}
+    return {"required": required, "content": {JSON: {"schema": schema, "examples": named}, **other}}
 
 
-def _path_param(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
+def _text(description: str, media_type: str = "text/plain") -> dict[str, Any]:
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
 
 
-_MODEL_ID = _path_param("model_id", "Model id: 1-64 characters of A-Z a-z 0-9 . _ - not starting with '.'", _ID_SCHEMA)
-_NAME = _path_param("name", "Model id", _ID_SCHEMA)
-_VERSION = _path_param("version", "Model version string, as uploaded", {"type": "string", "maxLength": 64})
-_COMMON = (404, 405)
+_ID_SCHEMA = {
+    "type": "string",
+    "pattern": f"^{ID_PATTERN}$",
+    "description": f"A model id: {ID_RULE}; not {' or '.join(sorted(RESERVED_IDS))} (they name routes: {', '.join(RESERVED_IDS.values())})",
+}
+
+
+def _path_param(name: str, schema: dict[str, Any], example: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema, "example": example}
+
+
+_MODEL_ID = _path_param("model_id", _ID_SCHEMA, DEMO_ID)
+_NAME = _path_param("name", _ID_SCHEMA, DEMO_ID)
+_VERSION = _path_param("version", {"type": "string", "description": "The model's version, as uploaded"},
+                       DEMO_VERSION)
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
         "required": ["error", "code", "request_id"],
-        "properties": {"error": {"type": "string"}, "code": {"type": "string"}, "request_id": {"type": "string"}},
+        "properties": {
+            "error": {"type": "string", "description": "One sentence saying what is wrong"},
+            "code": {"type": "string", "description": "Stable snake_case code"},
+            "request_id": {"type": "string"},
+        },
     },
     "TensorInfo": {
         "type": "object",
@@ -69,14 +159,23 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "name": {"type": "string"},
             "dtype": {"type": "integer", "description": "ONNX element type number; 0 for maps and sequences"},
-            "shape": {"type": "array", "items": {"type": "integer"}, "description": "-1 for a dynamic dimension"},
+            "shape": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "description": "-1 for a dynamic dimension",
+            },
             "type": {"type": "string", "examples": ["tensor(float)", "seq(map(int64,tensor(float)))"]},
         },
     },
     "ModelSummary": {
         "type": "object",
         "required": ["id", "name", "version", "path"],
-        "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "version": {"type": "string"}, "path": {"type": "string"}},
+        "properties": {
+            "id": {"type": "string"},
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "path": {"type": "string"},
+        },
     },
     "ModelDetails": {
         "allOf": [
@@ -99,10 +198,17 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["model_id"],
         "oneOf": [{"required": ["features"]}, {"required": ["inputs"]}],
         "properties": {
-            "model_id": {**_ID_SCHEMA, "examples": ["iris"]},
-            "features": {"type": "array", "description": "Single-input models: a flat list is one sample, a nested list the tensor", "examples": [[5.1, 3.5, 1.4, 0.2]]},
-            "inputs": {"type": "object", "additionalProperties": {"type": "array"}, "description": "Input name to nested list"},
-            "request_id": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+            "model_id": _ID_SCHEMA,
+            "features": {
+                "type": "array",
+                "description": "Single-input models: a flat list is one sample, a nested list the tensor",
+            },
+            "inputs": {
+                "type": "object",
+                "additionalProperties": {"type": "array"},
+                "description": "Input name to values, each read like 'features'",
+            },
+            "request_id": {"type": "string", "pattern": f"^{REQUEST_ID_PATTERN}$"},
         },
     },
     "PredictResponse": {
@@ -123,7 +229,7 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "name": {"type": "string"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]},
+            "datatype": {"type": "string", "enum": V2_DATATYPES},
             "parameters": {"type": "object"},
             "data": {"type": "array", "description": "Flat or nested, row-major"},
         },
@@ -131,7 +237,11 @@ _SCHEMAS: dict[str, Any] = {
     "V2TensorMetadata": {
         "type": "object",
         "required": ["name", "datatype", "shape"],
-        "properties": {"name": {"type": "string"}, "datatype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}}},
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer"}},
+        },
     },
     "V2InferRequest": {
         "type": "object",
@@ -142,7 +252,11 @@ _SCHEMAS: dict[str, Any] = {
             "inputs": {"type": "array", "items": _ref("V2Tensor"), "minItems": 1},
             "outputs": {
                 "type": "array",
-                "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}}},
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                },
             },
         },
     },
@@ -168,130 +282,242 @@ _SCHEMAS: dict[str, Any] = {
             "outputs": {"type": "array", "items": _ref("V2TensorMetadata")},
         },
     },
-}
-
-_INFER = _op(
-    "Run a model (Open Inference Protocol). With the binary extension, send 'Inference-Header-Content-Length' and raw tensors after the JSON.",
-    {
-        "200": {
-            "description": "Outputs; with binary outputs the body is the JSON header followed by raw tensor bytes",
-            "content": {JSON: {"schema": _ref("V2InferResponse")}, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    # Triton's model configuration and statistics extensions (nexus/api/triton.py).
+    "TritonModelConfig": {
+        "type": "object",
+        "required": ["name", "platform", "backend", "max_batch_size", "input", "output"],
+        "properties": {
+            "name": {"type": "string"},
+            "platform": {"type": "string", "const": "onnxruntime_onnx"},
+            "backend": {"type": "string", "const": "onnxruntime"},
+            "max_batch_size": {"type": "integer", "minimum": 0,
+                               "description": "Above 0 when every input and output has a dynamic first dimension, "
+                                              "which dims then leave out"},
+            "input": {"type": "array", "items": _ref("TritonTensorConfig")},
+            "output": {"type": "array", "items": _ref("TritonTensorConfig")},
         },
-        **_errors(400, 401, 404, 405, 413, 500),
     },
-    {"required": True, "content": {JSON: {"schema": _ref("V2InferRequest")}, "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-    tag="v2",
-)
-_V2_METADATA = _op("Model metadata with V2 datatypes", {"200": _json(_ref("V2ModelMetadata"), "Metadata"), **_errors(400, 401, 404, 405)}, tag="v2")
-_V2_READY = _op("Whether the model is ready", {"200": _json({"type": "object"}, "Ready"), **_errors(400, 401, 404, 405)}, tag="v2")
-_MODEL_DETAILS = _op("Describe a model", {"200": _json(_ref("ModelDetails"), "Model"), **_errors(400, 401, 404, 405)})
-_DELETE_MODEL = _op(
-    "Delete a model from every worker",
-    {"200": _json({"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "string"}}}, "Deleted"), **_errors(400, 401, 404, 405, 409)},
-    security=[{"bearer": []}, {}],
-)
-_REPOSITORY_CHANGE = {"200": _json({"type": "object"}, "Done"), **_errors(400, 401, 404, 405, 409)}
-
-
-def _paths() -> dict[str, Any]:
-    return {
-        "/models/upload": {
-            "post": _op(
-                "Upload an ONNX model",
-                {
-                    "201": _json({"type": "object", "required": ["model", "info"], "properties": {"model": _ref("ModelSummary"), "info": {"type": "object"}}}, "Uploaded"),
-                    **_errors(400, 401, 405, 409, 413, 415, 500, 507),
-                },
-                {
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["file", "id", "name", "version"],
-                                "properties": {
-                                    "file": {"type": "string", "format": "binary", "description": "The .onnx file"},
-                                    "id": _ID_SCHEMA,
-                                    "name": {"type": "string", "maxLength": 200},
-                                    "version": {"type": "string", "maxLength": 64},
-                                },
-                            }
-                        }
+    "TritonTensorConfig": {
+        "type": "object",
+        "required": ["name", "data_type", "dims"],
+        "properties": {
+            "name": {"type": "string"},
+            "data_type": {"type": "string", "examples": ["TYPE_FP32", "TYPE_INT64", "TYPE_STRING"]},
+            "dims": {"type": "array", "items": {"type": "integer"}, "description": "-1 for a dynamic dimension"},
+        },
+    },
+    "TritonDuration": {
+        "type": "object",
+        "required": ["count", "ns"],
+        "properties": {"count": {"type": "integer", "minimum": 0}, "ns": {"type": "integer", "minimum": 0}},
+    },
+    "TritonModelStats": {
+        "type": "object",
+        "required": ["model_stats"],
+        "properties": {
+            "model_stats": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "version", "last_inference", "inference_count", "execution_count",
+                                 "inference_stats", "batch_stats"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": "string"},
+                        "last_inference": {"type": "integer", "description": "Milliseconds since the epoch; 0: never"},
+                        "inference_count": {"type": "integer", "minimum": 0},
+                        "execution_count": {"type": "integer", "minimum": 0},
+                        "inference_stats": {
+                            "type": "object",
+                            "required": ["success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
+                                         "cache_hit", "cache_miss"],
+                            "additionalProperties": _ref("TritonDuration"),
+                        },
+                        "batch_stats": {"type": "array"},
                     },
                 },
-                security=[{"bearer": []}, {}],
-            ),
-            # /models/<model_id> also matches this path for a model whose id is "upload".
-            "get": _MODEL_DETAILS,
-            "delete": _DELETE_MODEL,
+            }
         },
+    },
+}
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_ANY_OBJECT = {"type": "object"}
+_READY = {"200": _json(_ANY_OBJECT, "Ready")}
+_STATS = {"200": _json(_ref("TritonModelStats"), "Statistics")}
+
+
+def _infer(versioned: bool) -> dict[str, Any]:
+    one = {"name": DEMO_INPUT, "shape": [1, 4], "datatype": "FP32", "data": DEMO_SAMPLES[0]}
+    two = {"name": DEMO_INPUT, "shape": [2, 4], "datatype": "FP32", "data": DEMO_SAMPLES}
+    examples = {
+        "one": ("One sample of the demo model", {"inputs": [one]}),
+        "batch": ("Two samples, only the probabilities back",
+                  {"id": "42", "inputs": [two], "outputs": [{"name": "output_probability"}]}),
+    }
+    ok = {
+        "description": "Outputs; with binary outputs, the JSON header followed by the raw tensor bytes",
+        "content": {JSON: {"schema": _ref("V2InferResponse")}, "application/octet-stream": _BINARY},
+    }
+    return _op(
+        "Run a model (Open Inference Protocol). With the binary extension, send "
+        "'Inference-Header-Content-Length' and raw tensors after the JSON.",
+        {"200": ok},
+        (*_RUNS_A_MODEL, *((VersionNotFound,) if versioned else ())),
+        tag="v2",
+        body=_json_body(_ref("V2InferRequest"), examples, **{"application/octet-stream": _BINARY}),
+    )
+
+
+def _v2_model_paths(versioned: bool) -> dict[str, Any]:
+    """Metadata, readiness and inference of one model, at /v2/models/{name}[/versions/{version}]."""
+    path = "/v2/models/{name}/versions/{version}" if versioned else "/v2/models/{name}"
+    params = [_NAME, _VERSION] if versioned else [_NAME]
+    finds = (*_FINDS_A_MODEL, *((VersionNotFound,) if versioned else ()))
+    metadata = {"200": _json(_ref("V2ModelMetadata"), "Metadata")}
+    return {
+        path: {"parameters": params, "get": _op("Model metadata, V2 datatypes", metadata, finds, tag="v2")},
+        f"{path}/ready": {"parameters": params, "get": _op("Whether the model is ready", _READY, finds,
+                                                           tag="v2")},
+        f"{path}/infer": {"parameters": params, "post": _infer(versioned)},
+        f"{path}/config": {"parameters": params, "get": _op("Model configuration (Triton's model configuration extension)",
+                                                            {"200": _json(_ref("TritonModelConfig"), "Configuration")},
+                                                            finds, tag="v2")},
+        f"{path}/stats": {"parameters": params, "get": _op("Inference statistics over every worker (Triton's statistics "
+                                                           "extension)", _STATS, finds, tag="v2")},
+    }
+
+
+def _health_paths() -> dict[str, Any]:
+    seed_health = {"200": _json({"type": "object", "required": ["status", "timestamp"]}, "OK")}
+    console_file = {
+        "200": {"description": "A static file", "content": {"*/*": {"schema": {"type": "string"}}}},
+        "404": _json(_error_schema(["not_found"]), "not_found: no such file"),
+    }
+    return {
+        "/health": {"get": _op("Health (seed API)", seed_health, tag="health")},
+        "/health/live": {"get": _op("Liveness: the process serves HTTP", {"200": _json(_ANY_OBJECT, "Live")},
+                                    tag="health")},
+        "/health/ready": {"get": _op("Readiness: this worker loaded the model directory", _READY,
+                                     (NotReady, StorageUnavailable), tag="health")},
+        "/metrics": {"get": _op("Prometheus metrics of all workers", {"200": _text("Prometheus text format")},
+                                tag="health")},
+        "/": {"get": _op("The web console (HTML)", {"200": _text("The console page", "text/html")},
+                         tag="health")},
+        "/console/{filename}": {
+            "parameters": [_path_param("filename", {"type": "string"}, "console.js")],
+            "get": _op("The console's scripts and styles", console_file, tag="health"),
+        },
+        "/openapi.json": {"get": _op("This document", {"200": _json(_ANY_OBJECT, "OpenAPI 3.1")},
+                                     tag="health")},
+    }
+
+
+def _v2_paths() -> dict[str, Any]:
+    server = {"200": _json({"type": "object", "required": ["name", "version", "extensions"]}, "Metadata")}
+    rows = {"type": "array", "items": {"type": "object", "required": ["name", "state"]}}
+    index = {"200": _json(rows, "Index")}
+    index_body = _json_body({"type": "object", "properties": {"ready": {"type": "boolean"}}},
+                            {"ready": ("Only the models ready to serve", {"ready": True})}, required=False)
+    done = {"200": _json(_ANY_OBJECT, "Done")}
+    return {
+        "/v2": {"get": _op("Server metadata", server, tag="v2")},
+        "/v2/health/live": {"get": _op("Server liveness", {"200": _json(_ANY_OBJECT, "Live")}, tag="v2")},
+        "/v2/health/ready": {"get": _op("Server readiness", _READY, (NotReady,), tag="v2")},
+        # /v2/models/{name} matches this path too, for a model whose id is "stats" (as in Triton): stats win.
+        "/v2/models/stats": {"get": _op("Inference statistics of every model over every worker (Triton's "
+                                        "statistics extension)", _STATS, (Unauthorized, StorageUnavailable), tag="v2")},
+        **_v2_model_paths(versioned=False),
+        **_v2_model_paths(versioned=True),
+        "/v2/repository/index": {
+            "post": _op("List every model in the directory with its state", index,
+                        (BadInput, Unauthorized, TooLarge, StorageUnavailable), tag="v2", body=index_body)
+        },
+        "/v2/repository/models/{name}/unload": {
+            "parameters": [_NAME],
+            "post": _op("Stop serving a model in every worker, keeping its files", done,
+                        (*_CLAIMS_AN_ID, ModelNotFound), tag="v2"),
+        },
+        "/v2/repository/models/{name}/load": {
+            "parameters": [_NAME],
+            "post": _op("Serve an unloaded model again", done,
+                        (*_CLAIMS_AN_ID, InvalidModel, ModelNotFound, ModelLoading), tag="v2"),
+        },
+    }
+
+
+def _model_paths() -> dict[str, Any]:
+    listing = {
+        "type": "object",
+        "required": ["models", "count"],
+        "properties": {
+            "models": {"type": "array", "items": _ref("ModelSummary")},
+            "count": {"type": "integer"},
+        },
+    }
+    details = {"200": _json(_ref("ModelDetails"), "Model")}
+    deleted = {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "string"}}}
+    uploaded = {"type": "object", "required": ["model", "info"],
+                "properties": {"model": _ref("ModelSummary"), "info": _ANY_OBJECT}}
+    upload_form = {
+        "type": "object",
+        "required": ["file", "id", "name", "version"],
+        "properties": {
+            "file": {"type": "string", "format": "binary", "description": "The .onnx file"},
+            "id": _ID_SCHEMA,
+            "name": {"type": "string", "maxLength": 200},
+            "version": {"type": "string", "maxLength": 64},
+        },
+    }
+    predict_examples = {
+        "features": ("One sample of the demo model", {"model_id": DEMO_ID, "features": DEMO_SAMPLES[0]}),
+        "inputs": ("A batch of two, by input name",
+                   {"model_id": DEMO_ID, "inputs": {DEMO_INPUT: DEMO_SAMPLES}}),
+    }
+    return {
         "/predict": {
-            "post": _op(
-                "Predict with a model",
-                {"200": _json(_ref("PredictResponse"), "Prediction"), **_errors(400, 401, 404, 405, 413, 415, 500)},
-                {"required": True, "content": {JSON: {"schema": _ref("PredictRequest")}}},
-            )
+            "post": _op("Predict with a model", {"200": _json(_ref("PredictResponse"), "Prediction")},
+                        (*_RUNS_A_MODEL, UnsupportedMediaType),
+                        body=_json_body(_ref("PredictRequest"), predict_examples))
         },
-        "/models": {
-            "get": _op(
-                "List models",
-                {
-                    "200": _json(
-                        {"type": "object", "required": ["models", "count"], "properties": {"models": {"type": "array", "items": _ref("ModelSummary")}, "count": {"type": "integer"}}},
-                        "Models, sorted by id",
-                    ),
-                    **_errors(401, 405),
-                },
-            )
-        },
+        "/models": {"get": _op("List models", {"200": _json(listing, "Models, sorted by id")},
+                               (Unauthorized, StorageUnavailable))},
         "/models/info": {
-            "get": _op(
-                "Describe a model (seed API form)",
-                {"200": _json(_ref("ModelDetails"), "Model"), **_errors(400, 401, 404, 405)},
-                parameters=[{"name": "id", "in": "query", "required": True, "schema": _ID_SCHEMA}],
-            ),
-            "delete": _DELETE_MODEL,
+            "get": _op("Describe a model (seed API form)", details, _FINDS_A_MODEL,
+                       parameters=[{"name": "id", "in": "query", "required": True, "schema": _ID_SCHEMA,
+                                    "example": DEMO_ID}])
         },
         "/models/{model_id}": {
             "parameters": [_MODEL_ID],
-            "get": _MODEL_DETAILS,
-            "delete": _DELETE_MODEL,
+            "get": _op("Describe a model", details, _FINDS_A_MODEL),
+            "delete": _op("Delete a model from every worker", {"200": _json(deleted, "Deleted")},
+                          (*_CLAIMS_AN_ID, ModelNotFound)),
         },
-        "/health": {"get": _op("Health (seed API)", {"200": _json({"type": "object", "required": ["status", "timestamp"]}, "OK"), **_errors(*_COMMON)}, tag="health")},
-        "/health/live": {"get": _op("Liveness: the process serves HTTP", {"200": _json({"type": "object"}, "Live"), **_errors(*_COMMON)}, tag="health")},
-        "/health/ready": {"get": _op("Readiness: this worker loaded the model directory", {"200": _json({"type": "object"}, "Ready"), **_errors(405, 503)}, tag="health")},
-        "/metrics": {
-            "get": _op("Prometheus metrics of all workers", {"200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}, tag="health")
-        },
-        "/": {"get": _op("The web console (HTML)", {"200": {"description": "The console page", "content": {"text/html": {"schema": {"type": "string"}}}}}, tag="health")},
-        "/console/{filename}": {
-            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "get": _op("The console's scripts and styles", {"200": {"description": "A static file", "content": {"*/*": {"schema": {"type": "string"}}}}, **_errors(404)}, tag="health"),
-        },
-        "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"}, "OpenAPI 3.1")}, tag="health")},
-        "/v2": {"get": _op("Server metadata", {"200": _json({"type": "object", "required": ["name", "version", "extensions"]}, "Metadata"), **_errors(*_COMMON)}, tag="v2")},
-        "/v2/health/live": {"get": _op("Server liveness", {"200": _json({"type": "object"}, "Live"), **_errors(*_COMMON)}, tag="v2")},
-        "/v2/health/ready": {"get": _op("Server readiness", {"200": _json({"type": "object"}, "Ready"), **_errors(405, 503)}, tag="v2")},
-        "/v2/models/{name}": {"parameters": [_NAME], "get": _V2_METADATA},
-        "/v2/models/{name}/versions/{version}": {"parameters": [_NAME, _VERSION], "get": _V2_METADATA},
-        "/v2/models/{name}/ready": {"parameters": [_NAME], "get": _V2_READY},
-        "/v2/models/{name}/versions/{version}/ready": {"parameters": [_NAME, _VERSION], "get": _V2_READY},
-        "/v2/models/{name}/infer": {"parameters": [_NAME], "post": _INFER},
-        "/v2/models/{name}/versions/{version}/infer": {"parameters": [_NAME, _VERSION], "post": _INFER},
-        "/v2/repository/index": {
+        "/models/upload": {
             "post": _op(
-                "List every model in the directory with its state",
-                {"200": _json({"type": "array", "items": {"type": "object", "required": ["name", "state"]}}, "Index"), **_errors(400, 401, 405)},
-                {"required": False, "content": {JSON: {"schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}},
-                tag="v2",
-            )
-        },
-        "/v2/repository/models/{name}/load": {"parameters": [_NAME], "post": _op("Serve an unloaded model again", _REPOSITORY_CHANGE, tag="v2", security=[{"bearer": []}, {}])},
-        "/v2/repository/models/{name}/unload": {
-            "parameters": [_NAME],
-            "post": _op("Stop serving a model in every worker, keeping its files", _REPOSITORY_CHANGE, tag="v2", security=[{"bearer": []}, {}]),
+                "Upload an ONNX model",
+                {"201": _json(uploaded, "Uploaded")},
+                (*_CLAIMS_AN_ID, InvalidModel, ModelExists, TooLarge, UnsupportedMediaType, ModelTooLarge,
+                 ModelLoadTimeout),
+                body={
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": upload_form,
+                            # The text fields; the file is chosen when sending.
+                            "example": {"id": DEMO_ID, "name": DEMO_NAME, "version": DEMO_VERSION},
+                        }
+                    },
+                },
+            ),
         },
     }
+
+
+def _paths() -> dict[str, Any]:
+    """Every route, in the order an imported collection runs them (by paths or by tags): reads first, and the
+    writes that change the demo model last: unload before load, delete before the upload that restores it."""
+    return {**_health_paths(), **_v2_paths(), **_model_paths()}
 
 
 def document() -> dict[str, Any]:
@@ -301,13 +527,20 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "Model Nexus",
             "version": __version__,
-            "description": "Upload ONNX models at runtime and get predictions: the Model Nexus REST API and the Open Inference Protocol (V2).",
+            "description": "Upload ONNX models at runtime and get predictions: the Model Nexus REST API and "
+                           "the Open Inference Protocol (V2). The examples are requests for the demo model "
+                           f"'{DEMO_ID}'.",
         },
-        "servers": [{"url": "/"}],
-        "tags": [{"name": "models"}, {"name": "v2"}, {"name": "health"}],
+        "servers": [
+            {"url": f"http://localhost:{config.Settings().port}", "description": "The README's quick start"},
+            {"url": "/", "description": "The server this document was fetched from"},
+        ],
+        "tags": [{"name": "health"}, {"name": "v2"}, {"name": "models"}],  # in the order of _paths()
         "paths": _paths(),
         "components": {
             "schemas": _SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "NEXUS_API_TOKEN"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "NEXUS_API_TOKEN"}
+            },
         },
     }

@@ -37,19 +37,35 @@ SIDECAR_SUFFIX = ".model_info.json"
 UNLOADED_SUFFIX = ".unloaded"
 _CLAIM_SUFFIX = ".claim"
 _TMP_SUFFIX = ".tmp"
-ID_PATTERN = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"
-_VALID_ID = re.compile(ID_PATTERN).fullmatch
+ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ - not starting with '.'"
+_ID_CHARS = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"  # ID_RULE as a regex; <id>.onnx is a safe file name
+# The fixed routes in the places a model id goes (/models/<id>, /v2/models/<name>): a model with one of
+# these ids could not be reached there, so none may be given to a model (tests/test_store.py holds this
+# table to the app's url map). Models already on disk under one are still read and served.
+RESERVED_IDS = {"info": "/models/info", "upload": "/models/upload", "stats": "/v2/models/stats"}
+# The ids check_id accepts, as a regex for the OpenAPI document: ID_RULE, and not one of RESERVED_IDS.
+ID_PATTERN = rf"(?!(?:{'|'.join(sorted(map(re.escape, RESERVED_IDS)))})$){_ID_CHARS}"
+_VALID_ID = re.compile(_ID_CHARS).fullmatch
 _CHUNK = 1024 * 1024
 
 
 def check_id(model_id: object) -> str:
-    """Return ``model_id`` if it is 1-64 chars of ``[A-Za-z0-9._-]`` not starting with '.', else raise."""
+    """Return ``model_id`` if it may name a model (ID_RULE, not one of RESERVED_IDS), else raise BadInput."""
+    model_id = _stored_id(model_id)
+    if model_id in RESERVED_IDS:
+        raise BadInput(f"id {model_id!r} is reserved: it names the route {RESERVED_IDS[model_id]}; use another")
+    return model_id
+
+
+def _stored_id(model_id: object) -> str:
+    """Return ``model_id`` if it is ID_RULE (what a file in the directory may be named), else raise BadInput.
+
+    Unlike check_id this lets reserved ids through, so models stored under one keep working.
+    """
     if not isinstance(model_id, str) or not model_id:
-        raise BadInput("model id is missing; give 1-64 characters of A-Z a-z 0-9 . _ -")
+        raise BadInput(f"model id is missing; give {ID_RULE}")
     if _VALID_ID(model_id) is None:
-        raise BadInput(
-            f"invalid model id {model_id[:80]!r}: use 1-64 characters of A-Z a-z 0-9 . _ - not starting with '.'"
-        )
+        raise BadInput(f"invalid model id {model_id[:80]!r}: use {ID_RULE}")
     return model_id
 
 
@@ -157,13 +173,13 @@ class ModelStore:
         self.directory = Path(directory)
 
     def model_path(self, model_id: str) -> Path:
-        return self.directory / f"{check_id(model_id)}{MODEL_SUFFIX}"
+        return self.directory / f"{_stored_id(model_id)}{MODEL_SUFFIX}"
 
     def sidecar_path(self, model_id: str) -> Path:
-        return self.directory / f"{check_id(model_id)}{SIDECAR_SUFFIX}"
+        return self.directory / f"{_stored_id(model_id)}{SIDECAR_SUFFIX}"
 
     def unloaded_path(self, model_id: str) -> Path:
-        return self.directory / f"{check_id(model_id)}{UNLOADED_SUFFIX}"
+        return self.directory / f"{_stored_id(model_id)}{UNLOADED_SUFFIX}"
 
     def display_path(self, model_id: str) -> str:
         """Return the model's path relative to the directory's parent, like ``models/iris.onnx``."""
@@ -190,7 +206,7 @@ class ModelStore:
     @contextmanager
     def claim(self, model_id: str) -> Iterator[None]:
         """Be the only writer of ``model_id`` in every worker and replica, or raise ModelBusy."""
-        path = self.directory / f".{check_id(model_id)}{_CLAIM_SUFFIX}"
+        path = self.directory / f".{_stored_id(model_id)}{_CLAIM_SUFFIX}"
         with writing():
             fd = _lock_path(path, create=True)
         if fd is None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from nexus.errors import BadInput, ModelBusy
 from nexus.onnx_scan import ProtobufError, uses_external_data
-from nexus.store import ModelStore, check_id
+from nexus.store import ID_PATTERN, RESERVED_IDS, ModelStore, check_id
 from tests import models
 from tests.conftest import files_in
 
@@ -25,6 +27,45 @@ def test_valid_ids(model_id):
 def test_invalid_ids_raise_bad_input(model_id):
     with pytest.raises(BadInput):
         check_id(model_id)
+
+
+@pytest.mark.parametrize("model_id", sorted(RESERVED_IDS))
+def test_reserved_ids_raise_bad_input_naming_the_route(model_id):
+    with pytest.raises(BadInput, match=f"id '{model_id}' is reserved: it names the route {RESERVED_IDS[model_id]}"):
+        check_id(model_id)
+
+
+def test_reserved_ids_are_the_fixed_routes_where_a_model_id_goes(app):
+    """A new fixed route /models/<word> or /v2/models/<word> must reserve <word>: no model could be reached there."""
+    rules = [rule.rule for rule in app.url_map.iter_rules()]
+    fixed = {rule.rsplit("/", 1)[1]: rule for rule in rules if re.fullmatch(r"(/v2)?/models/[^/<]+", rule)}
+    assert fixed == RESERVED_IDS
+
+
+@pytest.mark.parametrize(
+    "model_id",
+    ["iris", "a.b-c_1", "x" * 64, "information", "Info", "upload.v2", "", ".hidden", "a/b", "x" * 65,
+     *sorted(RESERVED_IDS)],
+)
+def test_the_id_pattern_accepts_what_check_id_accepts(model_id):
+    try:
+        check_id(model_id)
+        accepted = True
+    except BadInput:
+        accepted = False
+    assert (re.fullmatch(ID_PATTERN, model_id) is not None) == accepted
+
+
+@pytest.mark.parametrize("model_id", sorted(RESERVED_IDS))
+def test_a_model_stored_under_a_reserved_id_is_still_read_and_removed(store, model_dir, model_id):
+    """Files an older release wrote under an id now reserved keep working: listed, read, claimed, removed."""
+    _publish(store, model_id, models.identity())
+    assert [s.model_id for s in store.scan()] == [model_id]
+    assert store.read_sidecar(model_id) == {"id": model_id}
+    assert store.read_model(model_id) == models.identity()
+    with store.claim(model_id):
+        store.remove(model_id)
+    assert files_in(model_dir) == []
 
 
 def test_a_claim_is_exclusive_and_released(store, model_dir):

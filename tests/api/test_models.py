@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +112,47 @@ def test_reads_stay_open_with_a_token_unless_predict_is_protected(make_app):
     assert protected.get("/models").status_code == 401
     assert protected.get("/models", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert protected.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(("method", "url", "allowed"), [
+    ("GET", "/models/upload", "OPTIONS, POST"),
+    ("DELETE", "/models/upload", "OPTIONS, POST"),
+    ("DELETE", "/models/info", "GET, HEAD, OPTIONS"),
+])
+def test_the_fixed_routes_under_models_are_not_model_ids(client, upload_model, model_dir, method, url,
+                                                          allowed):
+    """/models/upload and /models/info are routes of their own: their other methods are 405s, not models."""
+    upload_model(models.identity(), "m")
+    before = files_in(model_dir)
+    response = client.open(url, method=method)
+    assert_error(response, 405, "method_not_allowed", "method not allowed")
+    assert response.headers["Allow"] == allowed
+    assert files_in(model_dir) == before
+
+
+DEMO = Path(__file__).resolve().parents[2] / "models"
+
+
+def test_models_stored_under_now_reserved_ids_are_served_where_they_can_be_named(make_app, model_dir):
+    """Files an older release accepted under 'info' and 'upload' break nothing: they are listed, read through
+    /models/info?id=, predicted with and served over V2; the fixed routes stay what they are."""
+    for model_id in ("info", "upload", "iris"):
+        shutil.copy(DEMO / "iris.onnx", model_dir / f"{model_id}.onnx")
+        sidecar = json.loads((DEMO / "iris.model_info.json").read_text())
+        (model_dir / f"{model_id}.model_info.json").write_text(json.dumps({**sidecar, "id": model_id}))
+    before = files_in(model_dir)
+    app = make_app()
+    app.extensions["nexus"].registry.sync()
+    client = app.test_client()
+    assert client.get("/health/ready").status_code == 200
+    assert [m["id"] for m in client.get("/models").get_json()["models"]] == ["info", "iris", "upload"]
+    for model_id in ("info", "upload"):
+        assert client.get(f"/models/info?id={model_id}").get_json()["id"] == model_id
+        predicted = client.post("/predict", json={"model_id": model_id, "features": [5.1, 3.5, 1.4, 0.2]})
+        assert predicted.status_code == 200 and predicted.get_json()["prediction"] == [0]
+        assert client.get(f"/v2/models/{model_id}").get_json()["name"] == model_id
+    assert_error(client.get("/models/info"), 400, "bad_input", "query parameter 'id' is missing")
+    assert_error(client.delete("/models/info"), 405, "method_not_allowed", "method not allowed")
+    assert_error(upload(client, models.identity(), "info"), 400, "bad_input", "id 'info' is reserved")
+    assert client.get("/models/iris").get_json()["id"] == "iris"
+    assert files_in(model_dir) == before

@@ -96,7 +96,19 @@ def test_invalid_ids_get_400_and_leave_nothing(client, model_dir, bad_id, words)
     assert not any(model_dir.parent.glob("escape*"))
 
 
-@pytest.mark.parametrize("good_id", ["iris", "a.b-c_1", "x" * 64])
+@pytest.mark.parametrize("reserved", ["info", "upload"])
+def test_an_id_naming_a_route_under_models_gets_400_and_changes_nothing(client, model_dir, upload_model,
+                                                                        reserved):
+    upload_model(models.identity(), "kept")
+    before = files_in(model_dir)
+    response = upload(client, models.identity(), reserved)
+    words = f"id '{reserved}' is reserved: it names the route /models/{reserved}"
+    assert_error(response, 400, "bad_input", words)
+    assert files_in(model_dir) == before
+    assert [m["id"] for m in client.get("/models").get_json()["models"]] == ["kept"]
+
+
+@pytest.mark.parametrize("good_id", ["iris", "a.b-c_1", "x" * 64, "information", "Info", "upload-2"])
 def test_valid_ids_are_accepted_as_given(client, model_dir, good_id):
     response = upload(client, models.identity(), good_id)
     assert response.status_code == 201 and response.get_json()["model"]["id"] == good_id

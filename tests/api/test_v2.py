@@ -168,6 +168,7 @@ BAD_INFER = [
     ({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32"}]}, "neither 'data'"),
     ({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}], "outputs": [{"name": "nope"}]}, "no output named 'nope'"),
     ({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}] * 2}, "input 'X' is given twice"),
+    ({"id": {}, "inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}, "field 'id' must be a string"),
     ({"inputs": [{"name": "X", "shape": [1] * 65, "datatype": "FP32", "data": [1]}]}, "65 dimensions; at most 64"),
     ({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}], "parameters": "x"},
      "the request: 'parameters' must be an object"),
