@@ -17,10 +17,9 @@ Three things keep an uploaded graph from hurting the worker that runs it:
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
-import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -101,8 +100,7 @@ class _Process:
             return self
         with self._lock:
             if self._pid != os.getpid():
-                self.empty_dir = tempfile.mkdtemp(prefix="nexus-no-files-")
-                atexit.register(shutil.rmtree, self.empty_dir, True)
+                self.empty_dir = _empty_directory()
                 # One arena for every session of this process: the cap holds whatever runs at once.
                 # Registering is once per process; the first app's limit is the one in force.
                 config = ort.OrtArenaCfg(int(inference_memory_mb * MB), _KSAME_AS_REQUESTED, -1, -1)
@@ -112,6 +110,26 @@ class _Process:
                 self.watchdog = Watchdog()
                 self._pid = os.getpid()
         return self
+
+
+def _empty_directory() -> str:
+    """Return a directory that holds nothing and that only this user may write into.
+
+    One per user (``nexus-no-files-<uid>`` in the temp directory), made once and never written,
+    so processes that die do not leave one each behind. If the name is taken by anything else
+    than an empty 0700 directory of ours (a file, a link, another owner's), a private one is made.
+    """
+    path = os.path.join(tempfile.gettempdir(), f"nexus-no-files-{os.getuid()}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return tempfile.mkdtemp(prefix="nexus-no-files-")
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700 and not os.listdir(path):
+        return path
+    return tempfile.mkdtemp(prefix="nexus-no-files-")
 
 
 _process = _Process()
