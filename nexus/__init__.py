@@ -36,7 +36,7 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
     from flask import Flask
 
     from nexus.api import register_blueprints
-    from nexus.http import NexusRequest, init_errors
+    from nexus.http import NexusRequest, init_errors, note_route
     from nexus.middleware import Edge
     from nexus.observability import exporter, logs, metrics
     from nexus.registry import Registry
@@ -54,6 +54,7 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
     registry = Registry(store, settings.ort_threads, observer=metrics, limits=settings.limits, load_wait_s=settings.load_wait_s)
     app.extensions["nexus"] = Nexus(settings, store, registry)
     init_errors(app)
+    app.before_request(note_route)
     exporter.init_app(app)
     register_blueprints(app)
     app.wsgi_app = Edge(app, settings.cors_origins, hot_routes())

@@ -35,19 +35,7 @@ serving: ContextVar[dict[str, Any] | None] = ContextVar("nexus_serving", default
 
 
 class NexusRequest(Request):
-    """A request that streams uploads into the model directory and tells the middleware its route."""
-
-    _url_rule = None
-
-    @property
-    def url_rule(self):
-        return self._url_rule
-
-    @url_rule.setter
-    def url_rule(self, rule) -> None:
-        # Flask sets this when routing; the middleware labels metrics with the route template.
-        self._url_rule = rule
-        self.environ[ROUTE_ENVIRON] = rule.rule if rule is not None else None
+    """A request that streams uploads into the model directory."""
 
     def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
         pending = current_app.extensions["nexus"].store.new_pending()
@@ -209,3 +197,9 @@ def _render(exc: BaseException) -> Response:
 def init_errors(app: Flask) -> None:
     """Render every error, Werkzeug's included, as a JSON body."""
     app.register_error_handler(Exception, _render)
+
+
+def note_route() -> None:
+    """Tell the middleware the route template Flask matched, for the metrics' endpoint label."""
+    if request.url_rule is not None:
+        request.environ[ROUTE_ENVIRON] = request.url_rule.rule

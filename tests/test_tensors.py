@@ -7,7 +7,21 @@ import pytest
 from onnx import TensorProto, helper
 
 from nexus.errors import BadInput
-from nexus.tensors import BY_ONNX, BY_ORT, BY_V2, DTYPES, check_shape, decode_features, encode_output, flatten_output, sample_shape, to_array
+from nexus.tensors import (
+    BY_ONNX,
+    BY_ORT,
+    BY_V2,
+    DTYPES,
+    check_shape,
+    decode_features,
+    decode_v2,
+    decode_v2_binary,
+    encode_output,
+    encode_v2,
+    flatten_output,
+    sample_shape,
+    to_array,
+)
 
 
 def test_the_table_is_consistent_in_every_direction():
@@ -213,3 +227,39 @@ def test_maps_and_sequences_pass_through():
 def test_flatten_output_is_one_flat_list(value, expected):
     flat = flatten_output(value)
     assert (flat.tolist() if isinstance(flat, np.ndarray) else flat) == expected
+
+
+# -- the V2 codec ----------------------------------------------------------------------------------
+
+
+def test_v2_json_data_may_be_flat_or_nested_and_must_fill_the_shape():
+    flat = decode_v2("X", "FP32", [2, 2], [1, 2, 3, 4], (-1, 2))
+    nested = decode_v2("X", "FP32", [2, 2], [[1, 2], [3, 4]], (-1, 2))
+    assert flat.dtype == np.float32 and flat.tolist() == nested.tolist() == [[1, 2], [3, 4]]
+    with pytest.raises(BadInput, match=r"input 'X': shape \[2, 2\] needs 4 values, got 3"):
+        decode_v2("X", "FP32", [2, 2], [1, 2, 3], (-1, 2))
+    with pytest.raises(BadInput, match="at most 64"):
+        decode_v2("X", "FP32", [1] * 65, [1], (-1,) * 65)
+
+
+def test_v2_binary_tensors_are_little_endian_and_bytes_are_length_prefixed():
+    raw = memoryview(np.array([1.5, -2.0], "<f4").tobytes())
+    assert decode_v2_binary("X", "FP32", [2], raw, (-1,)).tolist() == [1.5, -2.0]
+    words = b"".join(len(w).to_bytes(4, "little") + w for w in ("hé".encode(), b""))
+    assert decode_v2_binary("S", "BYTES", [2], memoryview(words), (-1,)).tolist() == ["hé", ""]
+    with pytest.raises(BadInput, match="ends early"):
+        decode_v2_binary("S", "BYTES", [3], memoryview(words), (-1,))
+    with pytest.raises(BadInput, match="needs 8 bytes, got 4"):
+        decode_v2_binary("X", "FP32", [2], raw[:4], (-1,))
+
+
+def test_v2_outputs_encode_as_json_or_binary_alike_and_a_zipmap_becomes_a_matrix_with_its_keys():
+    values = np.array([[1.0, 2.5]], np.float32)
+    as_json, none = encode_v2("Y", "tensor(float)", values, binary=False)
+    as_binary, payload = encode_v2("Y", "tensor(float)", values, binary=True)
+    assert none is None and as_json["data"].tolist() == [1.0, 2.5] and as_json["shape"] == [1, 2]
+    assert np.frombuffer(payload, "<f4").tolist() == [1.0, 2.5] and as_binary["parameters"] == {"binary_data_size": 8}
+    zipmap, _ = encode_v2("P", "seq(map(int64,tensor(float)))", [{0: 0.75, 1: 0.25}], binary=False)
+    assert zipmap["datatype"] == "FP32" and zipmap["shape"] == [1, 2] and zipmap["parameters"] == {"keys": [0, 1]}
+    scalar, _ = encode_v2("S", "tensor(float)", np.array(3.5, np.float32), binary=False)
+    assert scalar["shape"] == [] and scalar["data"] == [3.5]

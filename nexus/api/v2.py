@@ -13,7 +13,7 @@ from nexus import __version__
 from nexus.api import check_predict_token, nexus, require_predict_token, require_token
 from nexus.api.health import check_ready
 from nexus.errors import BadInput
-from nexus.http import CALL_ENVIRON, Reply, dumps, json_response, parse_json_object, read_body, to_response
+from nexus.http import CALL_ENVIRON, Reply, dumps, json_response, parse_json_object, read_body
 from nexus import inference
 from nexus.inference import Call, InferenceRequest, InferenceResponse, Input
 from nexus.registry import Model
@@ -80,10 +80,9 @@ def handle_infer(app_state, environ: dict[str, Any], name: str, version: str | N
     return reply
 
 
-@bp.post("/models/<name>/infer")
-@bp.post("/models/<name>/versions/<version>/infer")
-def infer(name: str, version: str | None = None):
-    return to_response(handle_infer(nexus(), request.environ, name, version))
+# Declared for the url map only: the middleware serves every POST to them with ``handle_infer``.
+for _rule in ("/models/<name>/infer", "/models/<name>/versions/<version>/infer"):
+    bp.add_url_rule(_rule, endpoint="infer", methods=["POST"])
 
 
 @bp.post("/repository/index")

@@ -7,6 +7,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -200,3 +201,20 @@ def test_open_writes_on_a_public_address_are_warned_about_at_start(make_server, 
     assert bool(warnings) is warned
     if warned:
         assert f"0.0.0.0:{server.port}" in warnings[0]["message"] and "NEXUS_API_TOKEN" in warnings[0]["message"]
+
+
+def test_a_start_removes_the_metrics_directories_of_killed_masters(make_server):
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid now names no process
+    root = tempfile.gettempdir()
+    stale = tempfile.mkdtemp(prefix=f"nexus-metrics-{dead.pid}-", dir=root)
+    alive = tempfile.mkdtemp(prefix=f"nexus-metrics-{os.getpid()}-", dir=root)
+    try:
+        with open(os.path.join(stale, "counter_1.db"), "wb") as leftover:
+            leftover.write(b"\0" * 16)
+        make_server(workers=1)
+        assert not os.path.exists(stale)
+        assert os.path.isdir(alive)  # a live master's directory is left alone
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(alive, ignore_errors=True)
