@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,16 +27,14 @@ from nexus.tensors import DType
 Decoder = Callable[[str, DType, tuple[int, ...]], np.ndarray]
 
 
-@dataclass(frozen=True)
-class Input:
+class Input(NamedTuple):
     """One input as a protocol received it: its name (None: the model's only input) and its decoder."""
 
     name: str | None
     decode: Decoder
 
 
-@dataclass(frozen=True)
-class InferenceRequest:
+class InferenceRequest(NamedTuple):
     """What every protocol asks: a model (and maybe a version), its inputs, the outputs wanted."""
 
     model_id: str
@@ -46,8 +43,7 @@ class InferenceRequest:
     version: str | None = None
 
 
-@dataclass(frozen=True)
-class InferenceResponse:
+class InferenceResponse(NamedTuple):
     """The model that answered and each output asked for, with its spec, in the order asked."""
 
     model: Model

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -23,7 +22,17 @@ from typing import Any
 from werkzeug.exceptions import HTTPException
 
 from nexus.errors import ApiError
-from nexus.http import CALL_ENVIRON, REQUEST_ID_ENVIRON, ROUTE_ENVIRON, Reply, error_reply, serving, unexpected_reply, valid_request_id
+from nexus.http import (
+    CALL_ENVIRON,
+    REQUEST_ID_ENVIRON,
+    ROUTE_ENVIRON,
+    Reply,
+    error_reply,
+    new_request_id,
+    serving,
+    unexpected_reply,
+    valid_request_id,
+)
 from nexus.observability import metrics
 
 log = logging.getLogger("nexus.request")
@@ -58,7 +67,7 @@ class Edge:
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         started = time.perf_counter()
         incoming = environ.get("HTTP_X_REQUEST_ID")
-        environ[REQUEST_ID_ENVIRON] = incoming if incoming is not None and valid_request_id(incoming) else str(uuid.uuid4())
+        environ[REQUEST_ID_ENVIRON] = incoming if incoming is not None and valid_request_id(incoming) else new_request_id()
         cors = self._cors_headers(environ.get("HTTP_ORIGIN"))
         status_holder = []
 

@@ -165,3 +165,13 @@ def test_a_deleted_model_leaves_no_series_in_metrics(client, upload_model):
     assert client.delete("/models/gone").status_code == 200
     text = client.get("/metrics").data
     assert b'model_id="gone"' not in text and b"http_requests_total" in text
+
+
+def test_generated_request_ids_are_distinct_uuid4_text():
+    from nexus.http import new_request_id
+
+    ids = {new_request_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in list(ids)[:200]:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text

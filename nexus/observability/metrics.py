@@ -60,13 +60,22 @@ def observe_inference(model_id: str, seconds: float) -> None:
     _child(INFERENCE, model_id).observe(seconds)
 
 
+# When each model's last-success gauge was last written by this process: it is written at most every
+# LAST_PREDICTION_EVERY_S, since a write to the multiprocess file costs about a microsecond.
+_last_written: dict[str, float] = {}
+LAST_PREDICTION_EVERY_S = 0.1
+
+
 def prediction_done(model_id: str, outcome: str, seconds: float) -> None:
     """Count a prediction as ``success`` or ``error`` (from the status its response carried), with its
     whole request time, and note when the model last answered well (Triton's statistics read these)."""
     _child(PREDICTIONS, model_id, outcome).inc()
     _child(PREDICTION_SECONDS, model_id, outcome).inc(seconds)
     if outcome == "success":
-        _child(LAST_PREDICTION, model_id).set(time.time())
+        now = time.time()
+        if now - _last_written.get(model_id, 0.0) >= LAST_PREDICTION_EVERY_S:
+            _last_written[model_id] = now
+            _child(LAST_PREDICTION, model_id).set(now)
 
 
 # The registry reports to this module through these two functions (it knows nothing of Prometheus).
