@@ -387,6 +387,19 @@ async function confirmDelete() {
   await refreshModels();
 }
 
+// The id rule is the server's own (its OpenAPI document), reserved ids included, never a copy kept here.
+// An HTML pattern is compiled with the 'v' flag, where a '-' that is not a range must be escaped.
+async function loadIdPattern() {
+  try {
+    const response = await fetch("/openapi.json");
+    const upload = (await response.json()).paths["/models/upload"].post.requestBody.content["multipart/form-data"];
+    const pattern = upload.schema.properties.id.pattern.replace(/^\^/, "").replace(/\$$/, "").replace(/(?<!\\)-\]/g, "\\-]");
+    $("upload-id").pattern = pattern;
+  } catch (_) {
+    // Without the document the server still checks the id and says what is wrong.
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("refresh").addEventListener("click", () => {
     clearMessages();
@@ -399,6 +412,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("token").addEventListener("change", refreshModels); // servers with NEXUS_PROTECT_PREDICT=1 list models only with it
   $("delete").addEventListener("click", askDelete);
   $("confirm-delete").addEventListener("close", confirmDelete);
+  loadIdPattern();
   refreshStatus();
   refreshModels();
   setInterval(refreshStatus, 10000);

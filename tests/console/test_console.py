@@ -410,3 +410,12 @@ def test_limits_timeouts_and_loading_are_said_in_words(page, tmp_path):
     upload_through_form(page, model_file(tmp_path, models.identity()), "big")
     page.wait_for_selector("#upload-message.error")
     assert page.inner_text("#upload-message").startswith("Refused: 422 Over a Limit: loading this model needs more than 8 MB")
+
+
+def test_the_id_field_takes_its_rule_from_the_servers_document_reserved_ids_included(page):
+    page.wait_for_function("document.getElementById('upload-id').pattern !== ''")
+    for value, valid in (("my_model-1.v2", True), ("info", False), ("upload", False), ("stats", False),
+                         (".hidden", False), ("a/b", False), ("statistics", True)):
+        page.fill("#upload-id", value)
+        assert page.eval_on_selector("#upload-id", "el => el.checkValidity()") is valid, value
+    assert script_errors(page) == []
