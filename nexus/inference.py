@@ -53,12 +53,11 @@ class InferenceResponse(NamedTuple):
 class Call:
     """What one prediction leaves for the protocol's metrics and log line; filled in as it goes."""
 
-    __slots__ = ("started", "model_id", "inference_seconds", "latency_ms")
+    __slots__ = ("started", "model_id", "latency_ms")
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.model_id: str | None = None  # set once the model is known: unknown ids are never labels
-        self.inference_seconds: float | None = None
         self.latency_ms: float | None = None
 
     def finish(self) -> None:
@@ -82,8 +81,7 @@ def infer(registry: Registry, request: InferenceRequest, call: Call) -> Inferenc
     specs = _outputs(model, request.outputs)
     started = time.perf_counter()
     results = model.runtime.run(feeds, [spec.name for spec in specs])
-    call.inference_seconds = time.perf_counter() - started
-    metrics.observe_inference(model.id, call.inference_seconds)
+    metrics.observe_inference(model.id, time.perf_counter() - started)
     return InferenceResponse(model, list(zip(specs, results, strict=True)))
 
 

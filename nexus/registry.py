@@ -42,7 +42,7 @@ from nexus.errors import (
     StorageUnavailable,
 )
 from nexus.clock import utc_now
-from nexus.runtime import Runtime, TensorSpec, check_model_bytes
+from nexus.runtime import Runtime, TensorSpec
 from nexus.store import ModelStore, PendingFile, check_id, sha256_of
 
 log = logging.getLogger("nexus.registry")
@@ -91,10 +91,6 @@ class Model:
 
     def sidecar(self) -> dict[str, Any]:
         return {"format": SIDECAR_FORMAT, **self.details(), "load_check": self.load_check}
-
-
-_DONE = threading.Event()
-_DONE.set()
 
 
 class _Busy(Exception):
@@ -153,11 +149,9 @@ class Registry:
         self.refresh()
         deadline = time.monotonic() + self.load_wait_s
         with self._lock:
-            pending = list(self._pending)
-        for model_id in pending:
-            if self._loader_pid != os.getpid():
-                self._load_pending()
-            elif not self._pending.get(model_id, (None, _DONE))[1].wait(max(0.0, deadline - time.monotonic())):
+            pending = list(self._pending.values())
+        for _, done in pending:
+            if not self._wait(done, deadline - time.monotonic()):
                 break  # the rest are listed once loaded; a listing never waits longer than one model would
         with self._lock:
             return [self._models[k] for k in sorted(self._models)]
@@ -191,11 +185,8 @@ class Registry:
         """Wait (bounded) for a model this worker is loading; raise the error that says why there is none."""
         with self._lock:
             waiting = self._pending.get(model_id)
-        if waiting is not None:
-            if self._loader_pid != os.getpid():
-                self._load_pending()
-            elif not waiting[1].wait(self.load_wait_s):
-                raise ModelLoading(model_id, max(1, round(self.load_wait_s)))
+        if waiting is not None and not self._wait(waiting[1], self.load_wait_s):
+            raise ModelLoading(model_id, max(1, round(self.load_wait_s)))
         model = self._models.get(model_id)
         if model is not None:
             return model
@@ -206,6 +197,13 @@ class Registry:
         if model_id in self._failed:
             raise ModelUnavailable(model_id, self._failed[model_id][1])
         raise ModelNotFound(model_id)
+
+    def _wait(self, loaded: threading.Event, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a load the loader thread does; without one, load here at once."""
+        if self._loader_pid != os.getpid():
+            self._load_pending()
+            return True
+        return loaded.wait(max(0.0, seconds))
 
     # -- keeping in step with the disk -------------------------------------------------------
 
@@ -346,17 +344,15 @@ class Registry:
         Without a record of these bytes, measure them in the sandbox under the model's claim
         and keep the record in the sidecar, so the other workers and replicas need not.
         """
-        try:
-            return sidecar.get("load_check"), sandbox.verdict(sidecar.get("load_check"), digest, self.limits)
-        except KeyError:
-            pass
+        decided = self._recorded(sidecar, digest)
+        if decided is not None:
+            return decided
         try:
             with self.store.claim(model_id):
                 current = self.store.read_sidecar(model_id)
-                try:  # another worker may have measured it while we waited
-                    return current.get("load_check"), sandbox.verdict(current.get("load_check"), digest, self.limits)
-                except KeyError:
-                    pass
+                decided = self._recorded(current, digest)  # another worker may have measured it while we waited
+                if decided is not None:
+                    return decided
                 try:
                     record = sandbox.check(fd, digest, self.limits)
                 except ApiError as exc:
@@ -366,6 +362,13 @@ class Registry:
                 return record, sandbox.verdict(record, digest, self.limits)
         except ModelBusy:
             raise _Busy() from None
+
+    def _recorded(self, sidecar: dict[str, Any], digest: str) -> tuple[dict[str, Any], str | None] | None:
+        """Return the sidecar's load check and its verdict, or None when it decides nothing for these bytes."""
+        try:
+            return sidecar["load_check"], sandbox.verdict(sidecar.get("load_check"), digest, self.limits)
+        except KeyError:
+            return None
 
     def _model(self, model_id: str, sidecar: dict[str, Any], data: bytes, digest: str, runtime: Runtime,
                signature: tuple[int, ...] | None, load_check: dict[str, Any] | None) -> Model:
@@ -428,7 +431,6 @@ class Registry:
                 raise ModelExists(model_id)
             data = pending.read_all()
             digest = sha256_of(data)
-            check_model_bytes(data)  # the clear 400 for external data, before any process opens it
             record = sandbox.check(pending.file.fileno(), digest, self.limits)
             runtime = Runtime(data, self.ort_threads, self.limits)
             sidecar = {"name": name, "version": version, "created_at": utc_now()}

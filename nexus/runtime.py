@@ -46,7 +46,9 @@ _FILE_SIZE = re.compile(r"\b(file_length|file size|file_size)\s*[:=]?\s*\d+", re
 _MAX_REASON = 300
 _MISSING_LOCALE = re.compile(r"Failed to construct locale with name:\s*([\w.@-]+)")
 _TERMINATED = "terminate flag"
-_OUT_OF_MEMORY = ("BFCArena", "Available memory of", "bad_alloc", "bad allocation", "Failed to allocate memory")
+# How onnxruntime (and Python) say that an allocation failed: its capped arena, or the system.
+_OUT_OF_MEMORY = ("BFCArena", "Available memory of", "bad_alloc", "bad allocation", "Failed to allocate",
+                  "Cannot allocate", "MemoryError", "out of memory")
 _SHRINK_ARENA = "memory.enable_memory_arena_shrinkage"
 _KSAME_AS_REQUESTED = 1  # arena extend strategy: grow by what is asked, not to the next power of two
 
@@ -178,6 +180,11 @@ def session_options(threads: int, inference_memory_mb: float) -> ort.SessionOpti
     return options
 
 
+def out_of_memory(text: str) -> bool:
+    """Tell whether an error's text says an allocation failed."""
+    return any(marker in text for marker in _OUT_OF_MEMORY)
+
+
 def check_model_bytes(data: bytes) -> None:
     """Raise InvalidModel unless ``data`` is an ONNX protobuf with every tensor embedded."""
     try:
@@ -230,7 +237,7 @@ class Runtime:
             text = str(exc)
             if options.terminate and _TERMINATED in text:
                 raise InferenceTimeout(self.timeout_s) from None
-            if any(marker in text for marker in _OUT_OF_MEMORY):
+            if out_of_memory(text):
                 raise InferenceMemoryLimit(_process.arena_mb or 0) from None
             raise InferenceFailed(f"inference failed inside the model: {short_reason(exc)}") from None
         finally:

@@ -37,7 +37,6 @@ from nexus.errors import InvalidModel, ModelLoadTimeout, ModelTooLarge
 
 _POLL_S = 0.005
 _START_TIMEOUT_S = 60  # interpreter and onnxruntime import on a loaded machine
-_OUT_OF_MEMORY = ("MemoryError", "bad_alloc", "bad allocation", "Failed to allocate", "Cannot allocate", "out of memory")
 
 
 def check(fd: int, sha256: str, limits: Limits) -> dict[str, Any]:
@@ -135,10 +134,10 @@ class _Child:
         stdout = self.proc.stdout
         while b"\n" not in self.buffer:
             if baseline_kb is not None:
-                peak_kb = _peak_kb(self.proc.pid)
+                peak_kb = _status_kb(b"VmHWM:", self.proc.pid)
                 if peak_kb is not None and (peak_kb - baseline_kb) * 1024 > self.limits.model_memory_mb * MB:
                     self.proc.kill()
-                    raise ModelTooLarge(_memory_message(f"more than {self.limits.model_memory_mb:g} MB", self.limits))
+                    raise self._too_large()
             left = deadline - time.monotonic()
             if left <= 0:
                 self.proc.kill()
@@ -160,40 +159,39 @@ class _Child:
     def _failed(self, report: dict[str, Any] | None) -> Exception:
         """Turn a child's error report, or its death, into the API error the uploader gets."""
         if report is not None and "error" in report:
+            from nexus.runtime import out_of_memory  # onnxruntime's words; the parent has it loaded already
+
             text = str(report["error"])
+            if out_of_memory(text):  # whatever error class carried it, a failed allocation is the limit's doing
+                return self._too_large()
             if report.get("code") == "invalid_model":
                 return InvalidModel(text)
-            if any(marker in text for marker in _OUT_OF_MEMORY):
-                return ModelTooLarge(_memory_message(f"more than {self.limits.model_memory_mb:g} MB", self.limits))
             return InvalidModel(f"file is not a loadable ONNX model: {text}")
         code = self.proc.wait()
         if code == -signal.SIGXCPU:
             return ModelLoadTimeout(_time_message(self.limits))
         if code == -signal.SIGKILL:  # the kernel's out-of-memory killer
-            return ModelTooLarge(_memory_message(f"more than {self.limits.model_memory_mb:g} MB", self.limits))
+            return self._too_large()
         if code < 0:
             name = signal.Signals(-code).name
             return InvalidModel(f"onnxruntime stopped while loading the model ({name}); the file is not a model it can load")
         return InvalidModel(f"the model could not be loaded (the loader exited with status {code})")
 
 
-def _peak_kb(pid: int) -> int | None:
+    def _too_large(self) -> ModelTooLarge:
+        return ModelTooLarge(_memory_message(f"more than {self.limits.model_memory_mb:g} MB", self.limits))
+
+
+def _status_kb(field: bytes, pid: int | str = "self") -> int | None:
+    """Return one ``kB`` field of a process's ``/proc/<pid>/status`` (VmHWM, the peak resident size), or None."""
     try:
         with open(f"/proc/{pid}/status", "rb") as status:
             for line in status:
-                if line.startswith(b"VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except (OSError, ValueError):
         return None
     return None
-
-
-def _status_kb(field: bytes) -> int:
-    with open("/proc/self/status", "rb") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
 
 
 # -- the child ----------------------------------------------------------------------------------

@@ -98,15 +98,10 @@ def to_array(name: str, values: Any, dtype: DType) -> np.ndarray:
         raise BadInput(f"input '{name}' needs {_KIND_WORDS[target.kind]} ({dtype.ort}), got {_INFERRED_WORDS[kind]}")
     if target.kind == "f":
         with np.errstate(over="ignore"):
-            array = np.asarray(values, dtype=target)
-        if not np.isfinite(array).all():  # JSON numbers are finite: this one did not fit the type
-            raise BadInput(f"input '{name}': a value is out of range for {dtype.ort}")
-        return array
+            return _finite(name, np.asarray(values, dtype=target), dtype)
     raw = np.asarray(values)
     if target.kind in "iu":
-        info = np.iinfo(target)
-        if raw.min() < info.min or raw.max() > info.max:
-            raise BadInput(f"input '{name}': a value is out of range for {dtype.ort} [{info.min}, {info.max}]")
+        _in_range(name, raw.min(), raw.max(), dtype)
     return raw.astype(target)
 
 
@@ -136,19 +131,27 @@ def _exact(name: str, values: Any, dtype: DType) -> np.ndarray:
                 raise BadInput(f"input '{name}' needs whole numbers ({dtype.ort}), got a fraction")
             flat = [int(v) for v in flat]  # exact Python ints: no rounding through float64 next to big integers
             cells = np.array(flat, dtype=object).reshape(cells.shape)
-        info = np.iinfo(target)
-        if min(flat) < info.min or max(flat) > info.max:
-            raise BadInput(f"input '{name}': a value is out of range for {dtype.ort} [{info.min}, {info.max}]")
+        _in_range(name, min(flat), max(flat), dtype)
         return cells.astype(target)
     try:
         wide = cells.astype(np.float64)
     except OverflowError:  # an integer beyond any float
         raise BadInput(f"input '{name}': a value is out of range for {dtype.ort}") from None
     with np.errstate(over="ignore"):
-        array = wide.astype(target)
+        return _finite(name, wide.astype(target), dtype)
+
+
+def _finite(name: str, array: np.ndarray, dtype: DType) -> np.ndarray:
+    """Return ``array``, or raise if a value became infinite: JSON numbers are finite, so it did not fit the type."""
     if not np.isfinite(array).all():
         raise BadInput(f"input '{name}': a value is out of range for {dtype.ort}")
     return array
+
+
+def _in_range(name: str, low: Any, high: Any, dtype: DType) -> None:
+    info = np.iinfo(dtype.numpy)
+    if low < info.min or high > info.max:
+        raise BadInput(f"input '{name}': a value is out of range for {dtype.ort} [{info.min}, {info.max}]")
 
 
 def _describe(types: set[type]) -> str:

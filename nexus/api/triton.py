@@ -18,8 +18,8 @@ from typing import Any
 from flask import Blueprint
 
 from nexus.api import nexus, require_predict_token
-from nexus.api.v2 import PLATFORM
-from nexus.errors import VersionNotFound
+from nexus.api.v2 import PLATFORM, metadata_shape
+from nexus.inference import resolve
 from nexus.http import json_response
 from nexus.observability import metrics
 from nexus.registry import Model
@@ -73,8 +73,8 @@ def config_of(model: Model) -> dict[str, Any]:
     (a batched [-1]) gets ``dims: []``, not ``dims: [1]`` with a ``reshape``: this server takes
     such a tensor as [batch], never [batch, 1].
     """
-    inputs = [(spec, _shape(spec)) for spec in model.inputs]
-    outputs = [(spec, _shape(spec)) for spec in model.outputs]
+    inputs = [(spec, metadata_shape(spec)) for spec in model.inputs]
+    outputs = [(spec, metadata_shape(spec)) for spec in model.outputs]
     batching = all(shape and shape[0] == -1 for _, shape in inputs + outputs)
     skip = 1 if batching else 0
     return {
@@ -93,11 +93,6 @@ def config_of(model: Model) -> dict[str, Any]:
             for spec, shape in outputs
         ],
     }
-
-
-def _shape(spec: TensorSpec) -> list[int]:
-    """The shape ``GET /v2/models/<id>`` reports: a map or sequence (a ZipMap) is sent as [N, keys]."""
-    return list(spec.shape) if spec.dtype is not None else [-1, -1]
 
 
 def _data_type(spec: TensorSpec) -> str:
@@ -149,8 +144,4 @@ def _ns(seconds: float) -> int:
 
 
 def _model(name: str, version: str | None) -> Model:
-    """Return the model (ModelNotFound, a 404, for an unknown one), in ``version`` if one is asked."""
-    model = nexus().registry.get(name)
-    if version is not None and version != model.version:
-        raise VersionNotFound(name, version, model.version)
-    return model
+    return resolve(nexus().registry, name, version)

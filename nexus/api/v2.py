@@ -16,7 +16,6 @@ from nexus.errors import BadInput
 from nexus.http import CALL_ENVIRON, Reply, dumps, json_response, parse_json_object, read_body
 from nexus import inference
 from nexus.inference import Call, InferenceRequest, InferenceResponse, Input
-from nexus.registry import Model
 from nexus.tensors import decode_v2, decode_v2_binary, encode_v2, v2_datatype
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
@@ -48,7 +47,7 @@ def server_ready():
 @bp.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
     require_predict_token()
-    model = _model(nexus(), name, version)
+    model = inference.resolve(nexus().registry, name, version)
     return json_response({
         "name": model.id,
         "versions": [model.version],
@@ -62,7 +61,7 @@ def model_metadata(name: str, version: str | None = None):
 @bp.get("/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None):
     require_predict_token()
-    model = _model(nexus(), name, version)
+    model = inference.resolve(nexus().registry, name, version)
     return json_response({"name": model.id, "ready": True})
 
 
@@ -113,14 +112,13 @@ def repository_unload(name: str):
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _model(app_state, name: str, version: str | None) -> Model:
-    return inference.resolve(app_state.registry, name, version)
+def metadata_shape(spec) -> list[int]:
+    """The shape V2 reports for a tensor: its declared one, or [-1, -1] for a map or sequence (a ZipMap)."""
+    return list(spec.shape) if spec.dtype is not None else [-1, -1]
 
 
 def _tensor_metadata(spec) -> dict[str, Any]:
-    datatype = v2_datatype(spec.type)
-    shape = list(spec.shape) if spec.dtype is not None else [-1, -1]
-    return {"name": spec.name, "datatype": datatype or spec.type, "shape": shape}
+    return {"name": spec.name, "datatype": v2_datatype(spec.type) or spec.type, "shape": metadata_shape(spec)}
 
 
 def _read_request(environ: dict[str, Any], limit: int) -> tuple[dict[str, Any], memoryview]:
