@@ -68,8 +68,13 @@ class ModelUnloaded(ModelNotFound):
 
     code = "model_unloaded"
 
-    def __init__(self, model_id: str) -> None:
-        ApiError.__init__(self, f"model '{model_id}' is unloaded; POST /v2/repository/models/{model_id}/load serves it again")
+    def __init__(self, model_id: str, version: str | None = None) -> None:
+        if version is None:
+            message = f"model '{model_id}' is unloaded; POST /v2/repository/models/{model_id}/load serves it again"
+        else:
+            message = (f"version '{version}' of model '{model_id}' is unloaded; "
+                       f"POST /v2/repository/models/{model_id}/versions/{version}/load serves it again")
+        ApiError.__init__(self, message)
         self.model_id = model_id
 
 
@@ -78,19 +83,27 @@ class VersionNotFound(ModelNotFound):
 
     code = "version_not_found"
 
-    def __init__(self, model_id: str, version: str, served: str) -> None:
-        ApiError.__init__(self, f"model '{model_id}' has no version '{version}'; it serves version '{served}'")
+    def __init__(self, model_id: str, version: str, versions: list[str]) -> None:
+        known = ", ".join(f"'{v}'" for v in versions)
+        ApiError.__init__(self, f"model '{model_id}' has no version '{version[:80]}'; its versions are {known}")
         self.model_id = model_id
 
 
-class ModelExists(ApiError):
-    """409: raise when an upload names an id that is already registered."""
+class VersionExists(ApiError):
+    """409: raise when an upload names a model and version that are already registered (versions never change)."""
 
     status = 409
-    code = "model_exists"
+    code = "version_exists"
 
-    def __init__(self, model_id: str) -> None:
-        super().__init__(f"model '{model_id}' is already registered; delete it first or choose another id")
+    def __init__(self, model_id: str, version: str) -> None:
+        super().__init__(f"model '{model_id}' already has version '{version}', and versions never change; upload it as a new version")
+
+
+class VersionInUse(ApiError):
+    """409: raise when a version to delete still gets traffic from its model's routing."""
+
+    status = 409
+    code = "version_in_use"
 
 
 class ModelBusy(ApiError):

@@ -77,6 +77,29 @@ def request_id_of(environ: dict[str, Any]) -> str:
     return rid
 
 
+VERSION_HEADER = "X-Model-Version"  # pins a version on a request; names the version that answered on a response
+ROUTING_KEY_HEADER = "X-Routing-Key"  # requests with the same key get the same version under a given routing
+MAX_ROUTING_KEY = 256
+
+
+def version_and_key(environ: dict[str, Any], version: object = None, key: object = None) -> tuple[str | None, str | None]:
+    """Return the version a request pins and its routing key: from its body (``version``, ``key``) or its headers.
+
+    A value in the body wins over the header.
+    """
+    if version is None:
+        version = environ.get("HTTP_X_MODEL_VERSION")
+    elif not isinstance(version, str) or not version:
+        raise BadInput("field 'version' must be a non-empty string: the version to answer with")
+    if key is None:
+        key = environ.get("HTTP_X_ROUTING_KEY")
+    elif not isinstance(key, str) or not key:
+        raise BadInput("field 'routing_key' must be a non-empty string")
+    if key is not None and len(key) > MAX_ROUTING_KEY:
+        raise BadInput(f"the routing key is {len(key)} characters long; the limit is {MAX_ROUTING_KEY}")
+    return version or None, key or None
+
+
 def current_request_id() -> str | None:
     """Return the id of the request being served, or None outside a request."""
     environ = serving.get()

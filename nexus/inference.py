@@ -1,8 +1,9 @@
 """The one inference path every protocol calls.
 
-Resolve the model (and the version asked for) → check and convert the inputs through the tensor
-codec (missing, unknown and duplicate inputs are checked here, once, with one set of messages)
-→ run within the limits → describe the outputs asked for → record what metrics need.
+Resolve the model and the version that answers (the one pinned, else the one its routing plan
+chooses) → check and convert the inputs through the tensor codec (missing, unknown and
+duplicate inputs are checked here, once, with one set of messages) → run within the limits →
+describe the outputs asked for → record what metrics need → hand copies to shadow versions.
 
 Protocols (``/predict``, V2 REST, and next gRPC) only parse their wire format into an
 :class:`InferenceRequest` and render the :class:`InferenceResponse`, or the error this raises.
@@ -17,7 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from nexus.errors import BadInput, VersionNotFound
+from nexus import shadow
+from nexus.errors import BadInput
 from nexus.observability import metrics
 from nexus.registry import Model, Registry
 from nexus.runtime import TensorSpec
@@ -40,7 +42,8 @@ class InferenceRequest(NamedTuple):
     model_id: str
     inputs: Sequence[Input]
     outputs: Sequence[str] | None = None  # names in the order wanted; None: all, in the model's order
-    version: str | None = None
+    version: str | None = None  # pinned; None: the model's routing chooses
+    routing_key: str | None = None  # the same key gets the same version under a given routing
 
 
 class InferenceResponse(NamedTuple):
@@ -53,11 +56,12 @@ class InferenceResponse(NamedTuple):
 class Call:
     """What one prediction leaves for the protocol's metrics and log line; filled in as it goes."""
 
-    __slots__ = ("started", "model_id", "latency_ms")
+    __slots__ = ("started", "model_id", "version", "latency_ms")
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.model_id: str | None = None  # set once the model is known: unknown ids are never labels
+        self.version: str | None = None  # the version that answered
         self.latency_ms: float | None = None
 
     def finish(self) -> None:
@@ -66,23 +70,34 @@ class Call:
 
 
 def resolve(registry: Registry, model_id: str, version: str | None = None) -> Model:
-    """Return the model that answers for ``model_id`` (in ``version``, if one is asked), or raise."""
-    model = registry.get(model_id)
-    if version is not None and version != model.version:
-        raise VersionNotFound(model_id, version, model.version)
-    return model
+    """Return ``model_id`` in ``version`` (None: its default version), or raise; for metadata, not traffic."""
+    return registry.get(model_id, version)
 
 
 def infer(registry: Registry, request: InferenceRequest, call: Call) -> InferenceResponse:
     """Answer one inference request, noting in ``call`` what the protocol's metrics and log need."""
-    model = resolve(registry, request.model_id, request.version)
-    call.model_id = model.id
+    entry = registry.entry(request.model_id)
+    routed = request.version is None
+    model = registry.version(entry, entry.plan.choose(request.routing_key) if routed else request.version)
+    call.model_id, call.version = model.id, model.version
     feeds = _feeds(model, request.inputs)
     specs = _outputs(model, request.outputs)
     started = time.perf_counter()
     results = model.runtime.run(feeds, [spec.name for spec in specs])
-    metrics.observe_inference(model.id, time.perf_counter() - started)
+    metrics.observe_inference(model.id, model.version, time.perf_counter() - started)
+    if routed and entry.plan.shadows:
+        for version in entry.plan.shadows_for(model.version, request.routing_key):
+            _shadow(registry.loaded(entry, version), entry.id, version, request, specs[0].name, results[0])
     return InferenceResponse(model, list(zip(specs, results, strict=True)))
+
+
+def _shadow(model: Model | None, model_id: str, version: str, request: InferenceRequest, output: str, value: Any) -> None:
+    """Hand a copy of the request to shadow ``version``; its first output is compared with the client's ``value``."""
+    run = None
+    if model is not None:
+        names = [output if output in model.runtime.output_names else model.runtime.output_names[0]]
+        run = lambda: model.runtime.run(_feeds(model, request.inputs), names)  # noqa: E731 (decoded in the shadow's thread)
+    shadow.submit(model_id, version, run, value)
 
 
 def _feeds(model: Model, inputs: Sequence[Input]) -> dict[str, np.ndarray]:

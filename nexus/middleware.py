@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 from werkzeug.exceptions import HTTPException
 
@@ -38,8 +39,8 @@ from nexus.observability import metrics
 log = logging.getLogger("nexus.request")
 
 ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
-ALLOW_HEADERS = "Content-Type, Authorization, X-Request-ID, Inference-Header-Content-Length"
-EXPOSE_HEADERS = "X-Request-ID, Inference-Header-Content-Length"
+ALLOW_HEADERS = "Content-Type, Authorization, X-Request-ID, Inference-Header-Content-Length, X-Model-Version, X-Routing-Key"
+EXPOSE_HEADERS = "X-Request-ID, Inference-Header-Content-Length, X-Model-Version"
 PREFLIGHT_MAX_AGE = "600"
 
 
@@ -119,6 +120,10 @@ class Edge:
         except Exception as exc:  # the same answer Flask's handler gives: logged, nothing leaked
             reply = unexpected_reply(exc, environ[REQUEST_ID_ENVIRON])
         headers = [("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body))), *reply.headers]
+        call = environ.get(CALL_ENVIRON)
+        if call is not None and call.version is not None:  # which version answered (or failed on the input)
+            version = call.version
+            headers.append(("X-Model-Version", version if version.isascii() and version.isprintable() else quote(version)))
         start(_STATUS_LINES[reply.status], headers)
         return [reply.body]
 
@@ -151,9 +156,10 @@ class Edge:
         call = environ.get(CALL_ENVIRON)
         if call is not None and call.model_id is not None:  # a prediction on a registered model
             fields["model_id"] = call.model_id
+            fields["model_version"] = call.version
             fields["latency_ms"] = call.latency_ms
             fields["outcome"] = outcome = "success" if status < "400" else "error"
-            metrics.prediction_done(call.model_id, outcome, seconds)
+            metrics.prediction_done(call.model_id, call.version, outcome, seconds)
         else:
             call = None
         log.log(logging.ERROR if status >= "500" else logging.INFO, "prediction" if call else "request", extra=fields)

@@ -20,7 +20,6 @@ from nexus.errors import (
     InferenceTimeout,
     InvalidModel,
     ModelBusy,
-    ModelExists,
     ModelLoading,
     ModelLoadTimeout,
     ModelNotFound,
@@ -34,10 +33,12 @@ from nexus.errors import (
     TooLarge,
     Unauthorized,
     UnsupportedMediaType,
+    VersionExists,
+    VersionInUse,
     VersionNotFound,
 )
-from nexus.http import REQUEST_ID_PATTERN
-from nexus.store import ID_PATTERN, ID_RULE, RESERVED_IDS
+from nexus.http import MAX_ROUTING_KEY, REQUEST_ID_PATTERN, ROUTING_KEY_HEADER, VERSION_HEADER
+from nexus.store import ID_PATTERN, ID_RULE, RESERVED_IDS, VERSION_PATTERN, VERSION_RULE
 from nexus.tensors import DTYPES
 
 JSON = "application/json"
@@ -142,6 +143,30 @@ _MODEL_ID = _path_param("model_id", _ID_SCHEMA, DEMO_ID)
 _NAME = _path_param("name", _ID_SCHEMA, DEMO_ID)
 _VERSION = _path_param("version", {"type": "string", "description": "The model's version, as uploaded"},
                        DEMO_VERSION)
+_PIN_HEADER = {"name": VERSION_HEADER, "in": "header", "required": False, "example": DEMO_VERSION,
+               "schema": {"type": "string"}, "description": "Answer with this version instead of the one the routing chooses"}
+_KEY_HEADER = {"name": ROUTING_KEY_HEADER, "in": "header", "required": False, "example": "user-42",
+               "schema": {"type": "string", "maxLength": MAX_ROUTING_KEY},
+               "description": "Requests with the same key get the same version under a given routing"}
+_ANSWERED_BY = {VERSION_HEADER: {"description": "The version that answered", "schema": {"type": "string"}}}
+_UPLOAD_VERSION = {"type": "string", "pattern": f"^{VERSION_PATTERN}$", "description": f"A new version: {VERSION_RULE}"}
+
+def _routing_view(version: dict[str, Any]) -> dict[str, Any]:
+    """A model's routing, the default it makes and each version's share, with its versions as ``version``."""
+    return {
+        "type": "object",
+        "required": ["model_id", "routing", "default", "traffic", "shadow", "versions"],
+        "properties": {
+            "model_id": {"type": "string"},
+            "routing": _ref("Routing"),
+            "default": {"type": "string", "description": "The version that is the default now"},
+            "traffic": {"type": "object", "additionalProperties": {"type": "number"},
+                        "description": "Each version's percent of the routed traffic"},
+            "shadow": {"type": "object", "additionalProperties": {"type": "number"}},
+            "versions": {"type": "array", "items": version, "description": "Oldest first"},
+        },
+    }
+
 
 _SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -209,13 +234,17 @@ _SCHEMAS: dict[str, Any] = {
                 "description": "Input name to values, each read like 'features'",
             },
             "request_id": {"type": "string", "pattern": f"^{REQUEST_ID_PATTERN}$"},
+            "version": {"type": "string", "description": f"Pin a version (as the {VERSION_HEADER} header does)"},
+            "routing_key": {"type": "string", "maxLength": MAX_ROUTING_KEY,
+                            "description": f"As the {ROUTING_KEY_HEADER} header: the same key gets the same version"},
         },
     },
     "PredictResponse": {
         "type": "object",
-        "required": ["model_id", "request_id", "prediction", "outputs", "latency_ms", "timestamp"],
+        "required": ["model_id", "model_version", "request_id", "prediction", "outputs", "latency_ms", "timestamp"],
         "properties": {
             "model_id": {"type": "string"},
+            "model_version": {"type": "string", "description": "The version that answered"},
             "request_id": {"type": "string"},
             "prediction": {"type": "array", "description": "The first output, flattened"},
             "outputs": {"type": "object", "description": "Every output by name; NaN and Infinity are null"},
@@ -248,7 +277,11 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["inputs"],
         "properties": {
             "id": {"type": "string"},
-            "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+            "parameters": {"type": "object", "properties": {
+                "binary_data_output": {"type": "boolean"},
+                "routing_key": {"type": "string", "maxLength": MAX_ROUTING_KEY,
+                                "description": f"As the {ROUTING_KEY_HEADER} header: the same key gets the same version"},
+            }},
             "inputs": {"type": "array", "items": _ref("V2Tensor"), "minItems": 1},
             "outputs": {
                 "type": "array",
@@ -281,6 +314,34 @@ _SCHEMAS: dict[str, Any] = {
             "inputs": {"type": "array", "items": _ref("V2TensorMetadata")},
             "outputs": {"type": "array", "items": _ref("V2TensorMetadata")},
         },
+    },
+    "Routing": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "default": {"type": ["string", "null"], "description": "The version that answers what no canary takes; "
+                                                                   "null or absent: the newest uploaded"},
+            "canary": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 100},
+                       "description": "Version to percent of the traffic (at most 100 in all)"},
+            "shadow": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0, "maximum": 100},
+                       "description": "Version to percent of the routed requests it gets a copy of; "
+                                      "its answers never reach the client"},
+        },
+    },
+    "RoutingView": _routing_view({"type": "string"}),
+    "ModelVersions": _routing_view(_ref("ModelVersion")),
+    "ModelVersion": {
+        "type": "object",
+        "required": ["id", "version", "state", "traffic_percent", "shadow_percent"],
+        "properties": {
+            "id": {"type": "string"},
+            "version": {"type": "string"},
+            "state": {"type": "string", "enum": ["READY", "LOADING", "UNAVAILABLE"]},
+            "reason": {"type": "string"},
+            "traffic_percent": {"type": "number"},
+            "shadow_percent": {"type": "number"},
+        },
+        "description": "A version's state and share of traffic, with its details (as ModelDetails) when it is served",
     },
     # Triton's model configuration and statistics extensions (nexus/api/triton.py).
     "TritonModelConfig": {
@@ -358,14 +419,16 @@ def _infer(versioned: bool) -> dict[str, Any]:
     ok = {
         "description": "Outputs; with binary outputs, the JSON header followed by the raw tensor bytes",
         "content": {JSON: {"schema": _ref("V2InferResponse")}, "application/octet-stream": _BINARY},
+        "headers": _ANSWERED_BY,
     }
     return _op(
         "Run a model (Open Inference Protocol). With the binary extension, send "
         "'Inference-Header-Content-Length' and raw tensors after the JSON.",
         {"200": ok},
-        (*_RUNS_A_MODEL, *((VersionNotFound,) if versioned else ())),
+        (*_RUNS_A_MODEL, VersionNotFound),
         tag="v2",
         body=_json_body(_ref("V2InferRequest"), examples, **{"application/octet-stream": _BINARY}),
+        parameters=[_KEY_HEADER] if versioned else [_PIN_HEADER, _KEY_HEADER],
     )
 
 
@@ -433,15 +496,17 @@ def _v2_paths() -> dict[str, Any]:
             "post": _op("List every model in the directory with its state", index,
                         (BadInput, Unauthorized, TooLarge, StorageUnavailable), tag="v2", body=index_body)
         },
-        "/v2/repository/models/{name}/unload": {
-            "parameters": [_NAME],
-            "post": _op("Stop serving a model in every worker, keeping its files", done,
-                        (*_CLAIMS_AN_ID, ModelNotFound), tag="v2"),
-        },
-        "/v2/repository/models/{name}/load": {
-            "parameters": [_NAME],
-            "post": _op("Serve an unloaded model again", done,
-                        (*_CLAIMS_AN_ID, InvalidModel, ModelNotFound, ModelLoading), tag="v2"),
+        **{
+            f"/v2/repository/models/{{name}}{part}/{verb}": {
+                "parameters": params,
+                "post": _op(summary + what, done, errors + ((VersionNotFound,) if part else ()), tag="v2"),
+            }
+            for part, params, what in (("", [_NAME], "a model (every version)"), ("/versions/{version}", [_NAME, _VERSION],
+                                                                                  "one version of a model"))
+            for verb, summary, errors in (
+                ("unload", "Stop serving, in every worker and keeping its files, ", (*_CLAIMS_AN_ID, ModelNotFound)),
+                ("load", "Serve again ", (*_CLAIMS_AN_ID, InvalidModel, ModelNotFound, ModelLoading)),
+            )
         },
     }
 
@@ -457,6 +522,13 @@ def _model_paths() -> dict[str, Any]:
     }
     details = {"200": _json(_ref("ModelDetails"), "Model")}
     deleted = {"type": "object", "required": ["deleted"], "properties": {"deleted": {"type": "string"}}}
+    routing_view = {"200": _json(_ref("RoutingView"), "The routing, the default it makes and each version's share")}
+    versions = {"200": _json(_ref("ModelVersions"), "The routing and every version, oldest first")}
+    version_deleted = {"type": "object", "required": ["deleted", "version"],
+                       "properties": {"deleted": {"type": "string"}, "version": {"type": "string"}}}
+    routing_examples = {
+        "pin": ("Every request to the demo model's version", {"default": DEMO_VERSION}),
+    }
     uploaded = {"type": "object", "required": ["model", "info"],
                 "properties": {"model": _ref("ModelSummary"), "info": _ANY_OBJECT}}
     upload_form = {
@@ -466,7 +538,7 @@ def _model_paths() -> dict[str, Any]:
             "file": {"type": "string", "format": "binary", "description": "The .onnx file"},
             "id": _ID_SCHEMA,
             "name": {"type": "string", "maxLength": 200},
-            "version": {"type": "string", "maxLength": 64},
+            "version": _UPLOAD_VERSION,
         },
     }
     predict_examples = {
@@ -476,9 +548,9 @@ def _model_paths() -> dict[str, Any]:
     }
     return {
         "/predict": {
-            "post": _op("Predict with a model", {"200": _json(_ref("PredictResponse"), "Prediction")},
-                        (*_RUNS_A_MODEL, UnsupportedMediaType),
-                        body=_json_body(_ref("PredictRequest"), predict_examples))
+            "post": _op("Predict with a model", {"200": {**_json(_ref("PredictResponse"), "Prediction"), "headers": _ANSWERED_BY}},
+                        (*_RUNS_A_MODEL, VersionNotFound, UnsupportedMediaType),
+                        body=_json_body(_ref("PredictRequest"), predict_examples), parameters=[_PIN_HEADER, _KEY_HEADER])
         },
         "/models": {"get": _op("List models", {"200": _json(listing, "Models, sorted by id")},
                                (Unauthorized, StorageUnavailable))},
@@ -487,17 +559,36 @@ def _model_paths() -> dict[str, Any]:
                        parameters=[{"name": "id", "in": "query", "required": True, "schema": _ID_SCHEMA,
                                     "example": DEMO_ID}])
         },
+        "/models/{model_id}/versions": {
+            "parameters": [_MODEL_ID],
+            "get": _op("A model's versions, their state and share of traffic", versions, _FINDS_A_MODEL),
+        },
+        "/models/{model_id}/routing": {
+            "parameters": [_MODEL_ID],
+            "get": _op("Which version answers: the routing and each version's share", routing_view, _FINDS_A_MODEL),
+            "put": _op("Change which version answers, in every worker and replica: default, canary percentages, shadows",
+                       routing_view, (*_CLAIMS_AN_ID, ModelNotFound), body=_json_body(_ref("Routing"), routing_examples)),
+        },
+        "/models/{model_id}/versions/{version}": {
+            "parameters": [_MODEL_ID, _VERSION],
+            "get": _op("Describe one version", {"200": _json(_ref("ModelVersion"), "The version")},
+                       (*_FINDS_A_MODEL, VersionNotFound)),
+            # The demo server's model has this one version, which answers: its example is refused (409).
+            "delete": _op("Delete one version (refused while the routing sends it traffic)",
+                          {"200": _json(version_deleted, "Deleted")},
+                          (*_CLAIMS_AN_ID, ModelNotFound, VersionNotFound, VersionInUse), **{"x-example-status": 409}),
+        },
         "/models/{model_id}": {
             "parameters": [_MODEL_ID],
-            "get": _op("Describe a model", details, _FINDS_A_MODEL),
-            "delete": _op("Delete a model from every worker", {"200": _json(deleted, "Deleted")},
+            "get": _op("Describe a model (its default version, with its versions and routing)", details, _FINDS_A_MODEL),
+            "delete": _op("Delete a model with all its versions from every worker", {"200": _json(deleted, "Deleted")},
                           (*_CLAIMS_AN_ID, ModelNotFound)),
         },
         "/models/upload": {
             "post": _op(
-                "Upload an ONNX model",
+                "Upload an ONNX model, or a new version of one (the newest answers unless the routing says otherwise)",
                 {"201": _json(uploaded, "Uploaded")},
-                (*_CLAIMS_AN_ID, InvalidModel, ModelExists, TooLarge, UnsupportedMediaType, ModelTooLarge,
+                (*_CLAIMS_AN_ID, InvalidModel, VersionExists, TooLarge, UnsupportedMediaType, ModelTooLarge,
                  ModelLoadTimeout),
                 body={
                     "required": True,

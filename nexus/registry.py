@@ -1,20 +1,22 @@
-"""The per-worker view of the model directory: id -> loaded model, kept in step with the disk.
+"""The per-worker view of the model directory: each model's versions and routing, kept in step with the disk.
 
-Each gunicorn worker holds its own onnxruntime sessions. Before answering, a request makes one
-``stat`` of the model directory; when the directory changed since the last look (a model was
-added or removed by any worker or replica), the registry re-reads it. Directory timestamps are
-coarse, so a look taken less than ``RACY_NS`` after the last change is not trusted and the next
-request looks again.
+Each gunicorn worker holds its own onnxruntime sessions, one per version (keyed by the version's
+store key, ``<id>@<version>``), and for each model an :class:`Entry`: its versions in upload order
+and the routing plan (``nexus.routing``) that says which version answers. Before answering, a
+request makes one ``stat`` of the model directory; when the directory changed since the last look
+(a version was added or removed, a routing changed, by any worker or replica), the registry
+re-reads it. Directory timestamps are coarse, so a look taken less than ``RACY_NS`` after the
+last change is not trusted and the next request looks again.
 
 Loading is off the request path once ``start()`` has run (in gunicorn's workers): a re-read only
 notes what must be loaded, and a loader thread loads it, so a request for model A never waits
-for model B. A request for a model still loading waits for it up to ``load_wait_s``, then gets
-a 503 with ``Retry-After``. A changed model is dropped at once and reloaded, never served stale.
+for model B. A request for a version still loading waits for it up to ``load_wait_s``, then gets
+a 503 with ``Retry-After``. A changed version is dropped at once and reloaded, never served stale.
 Without ``start()`` (tests, scripts), a re-read loads what it found in the calling thread.
 
-No worker builds a session of bytes that were not measured: a model whose sidecar has no
+No worker builds a session of bytes that were not measured: a version whose sidecar has no
 ``load_check`` of its bytes (written by an older release, or by hand) is first opened in the
-sandbox by whichever worker takes its claim, and the record is written to its sidecar.
+sandbox by whichever worker takes its model's claim, and the record is written to its sidecar.
 """
 
 from __future__ import annotations
@@ -28,43 +30,50 @@ from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
-from nexus import sandbox
+from nexus import routing, sandbox
+from nexus.clock import utc_now
 from nexus.config import Limits, Settings
 from nexus.errors import (
     ApiError,
+    BadInput,
     InvalidModel,
     ModelBusy,
-    ModelExists,
     ModelLoading,
     ModelNotFound,
     ModelUnavailable,
     ModelUnloaded,
     StorageUnavailable,
+    VersionExists,
+    VersionInUse,
+    VersionNotFound,
 )
-from nexus.clock import utc_now
+from nexus.routing import Plan, Routing
 from nexus.runtime import Runtime, TensorSpec
-from nexus.store import ModelStore, PendingFile, check_id, sha256_of
+from nexus.store import ModelStore, PendingFile, StoredModel, check_id, sha256_of, version_key
 
 log = logging.getLogger("nexus.registry")
 
 RACY_NS = 2_000_000_000
-SIDECAR_FORMAT = 1
+SIDECAR_FORMAT = 2  # 2: versions (the sidecar's "sequence" orders them); 1 had none
 LOADER_POLL_S = 1.0  # the loader looks at the directory this often even when no request comes
 CLEAN_EVERY_S = 30.0  # and removes leftovers of dead writers (another replica's, say) this often
+_NO_ROUTING = Routing()
 
 
 @dataclass(frozen=True)
 class Model:
-    """A model this worker can serve: what its sidecar says plus a live session."""
+    """A model version this worker can serve: what its sidecar says plus a live session."""
 
     id: str
     name: str
     version: str
+    key: str  # the store's key of this version's files
     path: str
     created_at: str
     size_bytes: int
     sha256: str
     runtime: Runtime = field(repr=False, compare=False)
+    sequence: int = 0  # upload order within the model; 0 for a model stored before versions
     signature: tuple[int, ...] | None = field(default=None, compare=False)
     load_check: dict[str, Any] | None = field(default=None, compare=False)
 
@@ -90,7 +99,26 @@ class Model:
         }
 
     def sidecar(self) -> dict[str, Any]:
-        return {"format": SIDECAR_FORMAT, **self.details(), "load_check": self.load_check}
+        return {"format": SIDECAR_FORMAT, **self.details(), "sequence": self.sequence, "load_check": self.load_check}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model as the directory has it: its versions in upload order and which of them answers."""
+
+    id: str
+    keys: dict[str, str]  # version -> store key, oldest first
+    plan: Plan = field(compare=False)
+    signature: tuple = field(compare=False)  # the routing document's and every version's identity
+    stored_keys: tuple[str, ...] = field(compare=False)  # the keys that signature covers, in its order
+
+    @property
+    def versions(self) -> list[str]:
+        return list(self.keys)
+
+    @property
+    def routing(self) -> Routing:
+        return self.plan.routing
 
 
 class _Busy(Exception):
@@ -107,15 +135,18 @@ class Registry:
         self.ort_threads = ort_threads
         self.limits = limits or Settings().limits
         self.load_wait_s = load_wait_s
-        self._models: dict[str, Model] = {}
-        self._pending: dict[str, tuple[tuple[int, ...] | None, threading.Event]] = {}  # id -> (signature, loaded)
+        self._models: dict[str, Model] = {}  # store key -> loaded version
+        self._entries: dict[str, Entry] = {}  # model id -> its versions and routing
+        self._pending: dict[str, tuple[tuple[int, ...] | None, threading.Event]] = {}  # key -> (signature, loaded)
         self._lock = threading.RLock()
         self._sync_lock = threading.Lock()  # one re-read at a time; loading happens outside it
         self._load_lock = threading.Lock()  # one loader at a time, whichever thread it is
         self._stamp: tuple[int, int] | None = None
         self._trust_after_ns = 0
         self._pid: int | None = None
-        self._failed: dict[str, tuple[tuple[int, ...] | None, str]] = {}  # id -> (signature, reason)
+        self._failed: dict[str, tuple[tuple[int, ...] | None, str]] = {}  # key -> (signature, reason)
+        self._known: dict[str, tuple[tuple[int, ...] | None, str, int]] = {}  # key -> (signature, version, sequence)
+        self._routings: dict[str, tuple[tuple[int, ...] | None, Routing]] = {}  # model id -> (document's identity, routing)
         self._unloaded: frozenset[str] = frozenset()
         self._missing = False
         self._observer = observer
@@ -125,27 +156,54 @@ class Registry:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def get(self, model_id: str) -> Model:
-        """Return the model, or raise ModelNotFound (after a direct look at the disk)."""
+    def entry(self, model_id: str) -> Entry:
+        """Return the model's versions and routing, or raise ModelNotFound (after a direct look at the disk)."""
         self.refresh(model_id)
-        model = self._models.get(model_id)
-        if model is None:
+        entry = self._entries.get(model_id)
+        if entry is None:
             check_id(model_id)
             # A write by another worker may be newer than the directory stamp we trust.
-            if model_id not in self._pending and self.store.exists(model_id):
+            if self.store.has_model(model_id):
                 self.sync()
-            model = self._await(model_id)
-        return model
+                entry = self._entries.get(model_id)
+            if entry is None:
+                if self._missing:
+                    raise StorageUnavailable()
+                raise ModelNotFound(model_id)
+        return entry
+
+    def version(self, entry: Entry, version: str | None) -> Model:
+        """Return the loaded ``version`` of the model (None: the one its routing makes the default).
+
+        Wait (bounded) for it if this worker is still loading it; raise the error that says why
+        it cannot be served otherwise.
+        """
+        if version is None:
+            version = entry.plan.default
+        key = entry.keys.get(version)
+        if key is None:
+            raise VersionNotFound(entry.id, version, entry.versions)
+        model = self._models.get(key)
+        return model if model is not None else self._await(key, entry.id, version if len(entry.keys) > 1 else None)
+
+    def loaded(self, entry: Entry, version: str) -> Model | None:
+        """Return the version if this worker has it loaded now, else None; never waits."""
+        key = entry.keys.get(version)
+        return None if key is None else self._models.get(key)
+
+    def get(self, model_id: str, version: str | None = None) -> Model:
+        """Return the model in ``version`` (None: its default version), or raise ModelNotFound."""
+        return self.version(self.entry(model_id), version)
 
     def find(self, model_id: str) -> Model | None:
-        """Return the model, or None."""
+        """Return the model's default version, or None."""
         try:
             return self.get(model_id)
         except ModelNotFound:
             return None
 
-    def models(self) -> list[Model]:
-        """Return every model, sorted by id, after waiting (bounded) for those this worker is loading."""
+    def entries(self) -> list[Entry]:
+        """Return every model's entry, sorted by id, after waiting (bounded) for the versions this worker is loading."""
         self.refresh()
         deadline = time.monotonic() + self.load_wait_s
         with self._lock:
@@ -154,48 +212,77 @@ class Registry:
             if not self._wait(done, deadline - time.monotonic()):
                 break  # the rest are listed once loaded; a listing never waits longer than one model would
         with self._lock:
-            return [self._models[k] for k in sorted(self._models)]
+            return [self._entries[k] for k in sorted(self._entries)]
+
+    def models(self) -> list[Model]:
+        """Return every loaded version of every model, by id then upload order (waiting like ``entries``)."""
+        entries = self.entries()
+        with self._lock:
+            models = self._models
+        return [models[key] for entry in entries for key in entry.keys.values() if key in models]
+
+    def defaults(self) -> list[tuple[Entry, Model]]:
+        """Return each model whose default version is loaded, with that version (waiting like ``entries``)."""
+        entries = self.entries()
+        with self._lock:
+            models = self._models
+        found = ((entry, models.get(entry.keys.get(entry.plan.default, ""))) for entry in entries)
+        return [(entry, model) for entry, model in found if model is not None]
 
     def count(self) -> int:
         """Return how many models this worker serves or is loading, in step with the directory; never waits."""
         self.refresh()
         with self._lock:
-            return len(self._models.keys() | self._pending.keys())
+            return len({self._model_of(key) for key in self._models.keys() | self._pending.keys()})
+
+    def known_versions(self) -> dict[str, set[str]]:
+        """Return the versions of every model in the directory (for labels); never waits."""
+        try:
+            self.refresh()
+        except ApiError:
+            return {}
+        with self._lock:
+            return {model_id: set(entry.keys) for model_id, entry in self._entries.items()}
+
+    def state(self, entry: Entry, version: str) -> tuple[str, str | None]:
+        """Return a version's state in this worker: READY, LOADING or UNAVAILABLE, and the reason if not READY."""
+        key = entry.keys[version]
+        with self._lock:
+            if key in self._models:
+                return "READY", None
+            if key in self._pending:
+                return "LOADING", "loading"
+        if key in self._unloaded:
+            return "UNAVAILABLE", "unloaded"
+        return "UNAVAILABLE", self._failed.get(key, (None, "not loaded yet"))[1]
 
     def index(self) -> list[dict[str, str]]:
-        """Return every model in the directory with its state: READY, or UNAVAILABLE with the reason."""
+        """Return every version of every model in the directory with its state (Triton's repository index)."""
         self.refresh()
         with self._lock:
-            models, pending = self._models, self._pending
+            entries = [self._entries[k] for k in sorted(self._entries)]
         rows = []
-        for entry in self.store.scan():
-            model = models.get(entry.model_id)
-            if model is not None:
-                rows.append({"name": model.id, "version": model.version, "state": "READY"})
-            elif entry.unloaded:
-                rows.append({"name": entry.model_id, "state": "UNAVAILABLE", "reason": "unloaded"})
-            elif entry.model_id in pending:
-                rows.append({"name": entry.model_id, "state": "LOADING", "reason": "loading"})
-            else:
-                reason = self._failed.get(entry.model_id, (None, "not loaded yet"))[1]
-                rows.append({"name": entry.model_id, "state": "UNAVAILABLE", "reason": reason})
+        for entry in entries:
+            for version in entry.keys:
+                state, reason = self.state(entry, version)
+                rows.append({"name": entry.id, "version": version, "state": state, **({"reason": reason} if reason else {})})
         return rows
 
-    def _await(self, model_id: str) -> Model:
-        """Wait (bounded) for a model this worker is loading; raise the error that says why there is none."""
+    def _await(self, key: str, model_id: str, version: str | None) -> Model:
+        """Wait (bounded) for a version this worker is loading; raise the error that says why there is none."""
         with self._lock:
-            waiting = self._pending.get(model_id)
+            waiting = self._pending.get(key)
         if waiting is not None and not self._wait(waiting[1], self.load_wait_s):
             raise ModelLoading(model_id, max(1, round(self.load_wait_s)))
-        model = self._models.get(model_id)
+        model = self._models.get(key)
         if model is not None:
             return model
         if self._missing:
             raise StorageUnavailable()
-        if model_id in self._unloaded:
-            raise ModelUnloaded(model_id)
-        if model_id in self._failed:
-            raise ModelUnavailable(model_id, self._failed[model_id][1])
+        if key in self._unloaded:
+            raise ModelUnloaded(model_id, version)
+        if key in self._failed:
+            raise ModelUnavailable(model_id, self._failed[key][1])
         raise ModelNotFound(model_id)
 
     def _wait(self, loaded: threading.Event, seconds: float) -> bool:
@@ -211,7 +298,8 @@ class Registry:
         """Re-read the directory if it changed since the last look (one stat when it did not).
 
         Shortly after a change the directory's stamp proves nothing; then a request for one
-        model checks that model's own files (three stats) instead of re-reading everything.
+        model checks that model's own files (its routing document and each version's) instead
+        of re-reading everything.
         """
         try:
             stamp = self.store.dir_stamp()
@@ -221,8 +309,8 @@ class Registry:
             if time.time_ns() >= self._trust_after_ns:
                 return
             if model_id is not None:
-                model = self._models.get(model_id)
-                if model is not None and model.signature is not None and self.store.signature(model_id) == model.signature:
+                entry = self._entries.get(model_id)
+                if entry is not None and self.store.model_signature(model_id, entry.stored_keys) == entry.signature:
                     return
         self.sync()
 
@@ -258,23 +346,29 @@ class Registry:
                 current, pending = self._models, self._pending
             fresh: dict[str, Model] = {}
             wanted: dict[str, tuple[tuple[int, ...] | None, threading.Event]] = {}
-            for entry in stored:
-                if entry.unloaded:
-                    continue
-                known = current.get(entry.model_id)
-                if known is not None and known.signature == entry.signature:
-                    fresh[entry.model_id] = known
-                elif self._failed.get(entry.model_id, ((),))[0] != entry.signature:
-                    already = pending.get(entry.model_id)
-                    wanted[entry.model_id] = already if already and already[0] == entry.signature else (entry.signature, threading.Event())
-            on_disk = {entry.model_id for entry in stored}
-            self._failed = {k: v for k, v in self._failed.items() if k not in fresh and k in on_disk}
-            self._unloaded = frozenset(entry.model_id for entry in stored if entry.unloaded)
+            entries: dict[str, Entry] = {}
+            failed: dict[str, tuple[tuple[int, ...] | None, str]] = {}
+            for stored_model in stored:
+                entries[stored_model.model_id] = self._entry(stored_model, current, failed)
+                for entry in stored_model.versions:
+                    if entry.unloaded:
+                        continue
+                    known = current.get(entry.key)
+                    if known is not None and known.signature == entry.signature:
+                        fresh[entry.key] = known
+                    elif failed.get(entry.key, ((),))[0] != entry.signature:
+                        already = pending.get(entry.key)
+                        wanted[entry.key] = already if already and already[0] == entry.signature else (entry.signature, threading.Event())
+            on_disk = {v.key for m in stored for v in m.versions}
+            self._failed = failed
+            self._known = {k: v for k, v in self._known.items() if k in on_disk}
+            self._routings = {k: v for k, v in self._routings.items() if k in entries}
+            self._unloaded = frozenset(v.key for m in stored for v in m.versions if v.unloaded)
             with self._lock:
-                self._models, self._pending = fresh, wanted
-            for model_id, (_, done) in pending.items():
-                if model_id not in wanted:
-                    done.set()  # nobody waits for a model that went away
+                self._models, self._pending, self._entries = fresh, wanted, entries
+            for key, (_, done) in pending.items():
+                if key not in wanted:
+                    done.set()  # nobody waits for a version that went away
             self._stamp = stamp
             # A change within the timestamp's resolution of this look would not move the stamp.
             self._trust_after_ns = (stamp[1] + RACY_NS) if stamp else 0
@@ -282,64 +376,121 @@ class Registry:
                 self.synced_once = True
         self._changed(current, fresh)
 
+    def _entry(self, stored: StoredModel, current: dict[str, Model], failed: dict) -> Entry:
+        """Build one model's entry from the directory's listing; note versions whose sidecar is unusable in ``failed``."""
+        versions: list[tuple[int, str, str]] = []  # (sequence, version, key)
+        for entry in stored.versions:
+            previous = self._failed.get(entry.key)
+            if previous is not None and previous[0] == entry.signature:
+                failed[entry.key] = previous  # failed to load these very files: not again
+            try:
+                sequence, version = self._version_of(entry.key, entry.version, entry.signature, current)
+            except (OSError, ValueError) as exc:
+                # The sidecar cannot say which version this is: list it under the name its files give
+                # (a model stored before versions has none), so a request for it says why it fails.
+                reason = str(exc)
+                failed[entry.key] = (entry.signature, reason)
+                log.warning("model skipped", extra={"model_id": stored.model_id, "key": entry.key, "reason": reason})
+                sequence, version = 0, entry.version or ""
+            versions.append((sequence, version, entry.key))
+        chosen: dict[str, tuple[int, str]] = {}
+        for sequence, version, key in sorted(versions):
+            chosen[version] = (sequence, key)  # two files claiming one version (only by hand): the newer wins
+        keys = {version: key for version, (_, key) in sorted(chosen.items(), key=lambda item: (item[1][0], item[0]))}
+        signature = (stored.routing, *(entry.signature for entry in stored.versions))
+        return Entry(stored.model_id, keys, Plan(self._routing(stored), list(keys)), signature,
+                     tuple(entry.key for entry in stored.versions))
+
+    def _version_of(self, key: str, named: str | None, signature: tuple[int, ...] | None,
+                    current: dict[str, Model]) -> tuple[int, str]:
+        """Return (sequence, version) of the version stored under ``key``, reading its sidecar once per change."""
+        model = current.get(key)
+        if model is not None and model.signature == signature:
+            return model.sequence, model.version
+        known = self._known.get(key)
+        if known is not None and known[0] == signature:
+            return known[2], known[1]
+        sidecar = self.store.read_sidecar(key)
+        version = named if named is not None else str(sidecar.get("version") or "")
+        sequence = sidecar.get("sequence", 0)
+        sequence = sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else 0
+        self._known[key] = (signature, version, sequence)
+        return sequence, version
+
+    def _routing(self, stored: StoredModel) -> Routing:
+        """Return the model's routing as its document says, read once per change of the document."""
+        cached = self._routings.get(stored.model_id)
+        if cached is not None and cached[0] == stored.routing:
+            return cached[1]
+        found = _NO_ROUTING
+        if stored.routing is not None:
+            try:
+                found = routing.parse(self.store.read_routing(stored.model_id) or {}, None)
+            except (OSError, ValueError, BadInput) as exc:
+                log.warning("routing document unusable; the newest version answers",
+                            extra={"model_id": stored.model_id, "reason": getattr(exc, "message", str(exc))})
+        self._routings[stored.model_id] = (stored.routing, found)
+        return found
+
     def _load_pending(self) -> None:
-        """Load every model noted as wanted, one at a time, swapping each in as soon as it is ready."""
+        """Load every version noted as wanted, one at a time, swapping each in as soon as it is ready."""
         with self._load_lock:
             with self._lock:
                 work = list(self._pending.items())
             busy = False
-            for model_id, (signature, done) in work:
+            for key, (signature, done) in work:
                 try:
-                    model = self._load(model_id, signature)
+                    model = self._load(key, signature)
                 except _Busy:
                     busy = True
                     continue
                 with self._lock:
-                    if self._pending.get(model_id, (None, None))[1] is not done:
+                    if self._pending.get(key, (None, None))[1] is not done:
                         continue  # changed or removed while we loaded it: the next re-read decides
                     before = self._models
                     if model is not None:
-                        self._models = {**before, model_id: model}
-                    self._pending = {k: v for k, v in self._pending.items() if k != model_id}
+                        self._models = {**before, key: model}
+                    self._pending = {k: v for k, v in self._pending.items() if k != key}
                 done.set()
                 self._changed(before, self._models)
             if not busy:
                 self.synced_once = True
 
-    def _load(self, model_id: str, signature: tuple[int, ...] | None) -> Model | None:
+    def _load(self, key: str, signature: tuple[int, ...] | None) -> Model | None:
         started = time.perf_counter()
+        model_id = self._model_of(key)
         try:
             if signature is None:
                 raise ValueError("the .onnx file next to the sidecar is missing")
-            sidecar = self.store.read_sidecar(model_id)
-            with self.store.open_model(model_id) as file:
+            sidecar = self.store.read_sidecar(key)
+            with self.store.open_model(key) as file:
                 data = file.read()
                 digest = sha256_of(data)
                 if sidecar.get("sha256") != digest:
                     raise ValueError("the .onnx file does not match the sha256 in its sidecar" if "sha256" in sidecar
                                      else "the sidecar does not name the model's sha256, so its file cannot be verified")
-                record, reason = self._admit(model_id, sidecar, digest, file.fileno())
+                record, reason = self._admit(key, sidecar, digest, file.fileno())
             if reason is not None:
                 raise ValueError(reason)
-            model = self._model(model_id, sidecar, data, digest, Runtime(data, self.ort_threads, self.limits), signature, record)
+            model = self._model(key, sidecar, data, digest, Runtime(data, self.ort_threads, self.limits), signature, record)
         except _Busy:
             raise
         except FileNotFoundError:  # deleted between the directory's listing and this read: not an error
-            log.debug("model went away while loading", extra={"model_id": model_id})
+            log.debug("model went away while loading", extra={"model_id": model_id, "key": key})
             return None
         except Exception as exc:  # a bad file must never stop the others from loading
             reason = getattr(exc, "message", None) or str(exc)
-            self._failed[model_id] = (signature, reason)
-            log.warning("model skipped", extra={"model_id": model_id, "reason": reason})
+            self._failed[key] = (signature, reason)
+            log.warning("model skipped", extra={"model_id": model_id, "key": key, "reason": reason})
             return None
         seconds = time.perf_counter() - started
         if self._observer is not None:
             self._observer.model_loaded(seconds)
-        log.info("model loaded", extra={"model_id": model_id, "load_ms": round(seconds * 1000, 2)})
+        log.info("model loaded", extra={"model_id": model_id, "version": model.version, "load_ms": round(seconds * 1000, 2)})
         return model
 
-    def _admit(self, model_id: str, sidecar: dict[str, Any], digest: str, fd: int) -> tuple[dict[str, Any], str | None]:
-        """Return the model's load check and why it may not be served (None if it may).
+    def _admit(self, key: str, sidecar: dict[str, Any], digest: str, fd: int) -> tuple[dict[str, Any], str | None]:
+        """Return the version's load check and why it may not be served (None if it may).
 
         Without a record of these bytes, measure them in the sandbox under the model's claim
         and keep the record in the sidecar, so the other workers and replicas need not.
@@ -348,8 +499,8 @@ class Registry:
         if decided is not None:
             return decided
         try:
-            with self.store.claim(model_id):
-                current = self.store.read_sidecar(model_id)
+            with self.store.claim(self._model_of(key)):
+                current = self.store.read_sidecar(key)
                 decided = self._recorded(current, digest)  # another worker may have measured it while we waited
                 if decided is not None:
                     return decided
@@ -357,8 +508,8 @@ class Registry:
                     record = sandbox.check(fd, digest, self.limits)
                 except ApiError as exc:
                     record = sandbox.refusal_record(exc, digest, self.limits)
-                self.store.rewrite_sidecar(model_id, {**current, "load_check": record})
-                log.info("model checked", extra={"model_id": model_id, "load_check": record})
+                self.store.rewrite_sidecar(key, {**current, "load_check": record})
+                log.info("model checked", extra={"model_id": self._model_of(key), "key": key, "load_check": record})
                 return record, sandbox.verdict(record, digest, self.limits)
         except ModelBusy:
             raise _Busy() from None
@@ -370,24 +521,31 @@ class Registry:
         except KeyError:
             return None
 
-    def _model(self, model_id: str, sidecar: dict[str, Any], data: bytes, digest: str, runtime: Runtime,
+    def _model(self, key: str, sidecar: dict[str, Any], data: bytes, digest: str, runtime: Runtime,
                signature: tuple[int, ...] | None, load_check: dict[str, Any] | None) -> Model:
+        sequence = sidecar.get("sequence", 0)
         return Model(
-            id=model_id,
-            name=str(sidecar.get("name") or model_id),
+            id=self._model_of(key),
+            name=str(sidecar.get("name") or self._model_of(key)),
             version=str(sidecar.get("version") or ""),
-            path=self.store.display_path(model_id),
+            key=key,
+            path=self.store.display_path(key),
             created_at=str(sidecar.get("created_at") or ""),
             size_bytes=len(data),
             sha256=digest,
             runtime=runtime,
+            sequence=sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else 0,
             signature=signature,
             load_check=load_check,
         )
 
+    @staticmethod
+    def _model_of(key: str) -> str:
+        return key.partition("@")[0]
+
     def _changed(self, before: dict[str, Model], after: dict[str, Model]) -> None:
         if self._observer is not None and before.keys() != after.keys():
-            self._observer.models_changed(len(after))
+            self._observer.models_changed(len({model.id for model in after.values()}))
 
     def _swap(self, update: Callable[[dict[str, Model]], None]) -> None:
         with self._lock:
@@ -422,45 +580,118 @@ class Registry:
             except ApiError:
                 pass  # a missing directory: requests say so; keep looking
 
-    # -- writing -----------------------------------------------------------------------------
+    # -- writing (each under the model's claim, deciding from the disk, not from this worker's view) --
 
     def upload(self, model_id: str, name: str, version: str, pending: PendingFile) -> Model:
-        """Check a pending upload in the sandbox, publish it as ``model_id`` and serve it from this worker."""
+        """Check a pending upload in the sandbox, publish it as a new version of ``model_id`` and serve it from this worker."""
+        key = version_key(model_id, version)
         with self.store.claim(model_id):
-            if self.store.exists(model_id):
-                raise ModelExists(model_id)
+            stored = self._on_disk(model_id)
+            if version in stored:
+                raise VersionExists(model_id, version)
             data = pending.read_all()
             digest = sha256_of(data)
             record = sandbox.check(pending.file.fileno(), digest, self.limits)
             runtime = Runtime(data, self.ort_threads, self.limits)
-            sidecar = {"name": name, "version": version, "created_at": utc_now()}
-            model = self._model(model_id, sidecar, data, digest, runtime, None, record)
-            self.store.publish(model_id, pending, model.sidecar())
-            signature = self.store.signature(model_id)
+            sequence = 1 + max((sequence for _, sequence in stored.values()), default=0)
+            sidecar = {"name": name, "version": version, "created_at": utc_now(), "sequence": sequence}
+            model = self._model(key, sidecar, data, digest, runtime, None, record)
+            self.store.publish(key, pending, model.sidecar(), self._stored_routing(model_id).document())
+            signature = self.store.signature(key)
         model = replace(model, signature=signature)
-        self._swap(lambda models: models.__setitem__(model_id, model))
-        log.info("model uploaded", extra={"model_id": model_id, "size_bytes": model.size_bytes, "load_check": record})
+        self._swap(lambda models: models.__setitem__(key, model))
+        log.info("model uploaded", extra={"model_id": model_id, "version": version, "size_bytes": model.size_bytes,
+                                          "load_check": record})
         return model
 
-    def set_loaded(self, model_id: str, loaded: bool) -> None:
-        """Serve a model again, or stop serving it in every worker while keeping its files."""
+    def set_routing(self, model_id: str, document: object) -> Entry:
+        """Check a routing document against the model's versions and store it (every worker follows), or raise BadInput."""
         with self.store.claim(model_id):
-            if not self.store.exists(model_id):
+            stored = self._on_disk(model_id)
+            if not stored:
                 raise ModelNotFound(model_id)
-            self.store.set_unloaded(model_id, not loaded)
+            found = routing.parse(document, self._ordered(stored))
+            self.store.write_routing(model_id, found.document())
+        self.sync()
+        log.info("routing changed", extra={"model_id": model_id, "routing": found.document()})
+        return self.entry(model_id)
+
+    def set_loaded(self, model_id: str, loaded: bool, version: str | None = None) -> None:
+        """Serve a model (or one version) again, or stop serving it in every worker while keeping its files."""
+        with self.store.claim(model_id):
+            stored = self._on_disk(model_id)
+            if not stored:
+                raise ModelNotFound(model_id)
+            if version is not None and version not in stored:
+                raise VersionNotFound(model_id, version, self._ordered(stored))
+            keys = [stored[version][0]] if version is not None else [key for key, _ in stored.values()]
+            document = self._stored_routing(model_id).document() if self.store.routing_path(model_id).exists() else None
+            self.store.set_unloaded(keys, not loaded, document)
         self.sync()
         if loaded:
-            try:
-                self._await(model_id)
-            except ModelNotFound:
-                reason = self._failed.get(model_id, (None, "unknown reason"))[1]
-                raise InvalidModel(f"model '{model_id}' cannot be loaded: {reason}") from None
+            entry = self.entry(model_id)
+            for key in keys:
+                try:
+                    self._await(key, model_id, next(v for v, k in entry.keys.items() if k == key))
+                except (ModelNotFound, StopIteration):
+                    reason = self._failed.get(key, (None, "unknown reason"))[1]
+                    raise InvalidModel(f"model '{model_id}' cannot be loaded: {reason}") from None
+
+    def delete_version(self, model_id: str, version: str) -> None:
+        """Remove one version, or raise VersionInUse while the model's routing sends it traffic."""
+        with self.store.claim(model_id):
+            stored = self._on_disk(model_id)
+            if not stored:
+                raise ModelNotFound(model_id)
+            if version not in stored:
+                raise VersionNotFound(model_id, version, self._ordered(stored))
+            current = self._stored_routing(model_id)
+            plan = Plan(current, self._ordered(stored))
+            if len(stored) == 1:
+                raise VersionInUse(f"version '{version}' is the only version of model '{model_id}'; "
+                                   f"DELETE /models/{model_id} removes the model")
+            if plan.default == version or current.names(version):
+                role = "the default" if plan.default == version else ("a canary" if version in current.canary else "a shadow")
+                raise VersionInUse(f"version '{version}' of model '{model_id}' gets traffic as {role}; "
+                                   f"move it away first with PUT /models/{model_id}/routing")
+            key = stored[version][0]
+            self.store.remove(key, current.document())
+        self._swap(lambda models: models.pop(key, None))
+        log.info("model version deleted", extra={"model_id": model_id, "version": version})
 
     def delete(self, model_id: str) -> None:
-        """Remove ``model_id`` from the directory and from this worker, or raise ModelNotFound."""
+        """Remove ``model_id`` with all its versions from the directory and from this worker, or raise ModelNotFound."""
         with self.store.claim(model_id):
-            if not self.store.exists(model_id):
+            stored = self._on_disk(model_id)
+            if not stored:
                 raise ModelNotFound(model_id)
-            self.store.remove(model_id)
-        self._swap(lambda models: models.pop(model_id, None))
+            keys = [key for key, _ in stored.values()]
+            for i, key in enumerate(keys):
+                self.store.remove(key, None if i == len(keys) - 1 else self._stored_routing(model_id).document())
+        self._swap(lambda models: [models.pop(key, None) for key in keys])
         log.info("model deleted", extra={"model_id": model_id})
+
+    def _on_disk(self, model_id: str) -> dict[str, tuple[str, int]]:
+        """Return the model's versions as the directory has them now: version -> (key, sequence). Hold the claim."""
+        found: dict[str, tuple[str, int]] = {}
+        for stored in self.store.scan():
+            if stored.model_id != model_id:
+                continue
+            for entry in stored.versions:
+                try:
+                    sequence, version = self._version_of(entry.key, entry.version, entry.signature, self._models)
+                except (OSError, ValueError):
+                    sequence, version = 0, entry.version or ""
+                found[version] = (entry.key, sequence)
+        return found
+
+    @staticmethod
+    def _ordered(stored: dict[str, tuple[str, int]]) -> list[str]:
+        return sorted(stored, key=lambda version: (stored[version][1], version))
+
+    def _stored_routing(self, model_id: str) -> Routing:
+        """Return the routing the model's document holds now (none if it has none or it is unusable). Hold the claim."""
+        try:
+            return routing.parse(self.store.read_routing(model_id) or {}, None)
+        except (OSError, ValueError, BadInput):
+            return _NO_ROUTING

@@ -1,8 +1,16 @@
 """The model directory: the only module that reads or writes model files.
 
-A model ``<id>`` is two files, ``<id>.onnx`` and its sidecar ``<id>.model_info.json``, and it is
-visible exactly when the sidecar exists. Every write is a temporary file that is flushed, then
-renamed into place, the sidecar last, so a crash leaves either the whole model or nothing.
+A model ``<id>`` has one or more versions and one routing document ``<id>.routing.json`` (which
+version answers; ``nexus.routing``). Version ``<v>`` is two files under the key ``<id>@<v>``:
+``<id>@<v>.onnx`` and its sidecar ``<id>@<v>.model_info.json``, and it is visible exactly when the
+sidecar exists. A model stored before versions existed keeps its files under the key ``<id>``
+(``<id>.onnx``, ``<id>.model_info.json``) and is served as the single version its sidecar names,
+so a directory written by an older release loads unchanged.
+
+Every write is a temporary file that is flushed, then renamed into place, the sidecar last, so a
+crash leaves either the whole version or nothing. Every write to a model ends by writing its
+routing document again, so a reader that checks one model's files (the registry does, while
+the directory's timestamp proves nothing) sees that document change with any of them.
 
 Work in progress lives in hidden files (names starting with ``.``, which no id may) and each one
 is held with an exclusive ``flock`` by the process writing it: a claim ``.<id>.claim`` that makes
@@ -35,6 +43,8 @@ log = logging.getLogger("nexus.store")
 MODEL_SUFFIX = ".onnx"
 SIDECAR_SUFFIX = ".model_info.json"
 UNLOADED_SUFFIX = ".unloaded"
+ROUTING_SUFFIX = ".routing.json"
+KEY_SEPARATOR = "@"  # in no id or version, so a key <id>@<version> splits one way
 _CLAIM_SUFFIX = ".claim"
 _TMP_SUFFIX = ".tmp"
 ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ - not starting with '.'"
@@ -46,6 +56,9 @@ RESERVED_IDS = {"info": "/models/info", "upload": "/models/upload", "stats": "/v
 # The ids check_id accepts, as a regex for the OpenAPI document: ID_RULE, and not one of RESERVED_IDS.
 ID_PATTERN = rf"(?!(?:{'|'.join(sorted(map(re.escape, RESERVED_IDS)))})$){_ID_CHARS}"
 _VALID_ID = re.compile(_ID_CHARS).fullmatch
+VERSION_RULE = "1-64 characters of A-Z a-z 0-9 . _ + - not starting with '.'"
+VERSION_PATTERN = r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,63}"  # VERSION_RULE as a regex; safe in a file name
+_VALID_VERSION = re.compile(VERSION_PATTERN).fullmatch
 _CHUNK = 1024 * 1024
 
 
@@ -67,6 +80,36 @@ def _stored_id(model_id: object) -> str:
     if _VALID_ID(model_id) is None:
         raise BadInput(f"invalid model id {model_id[:80]!r}: use {ID_RULE}")
     return model_id
+
+
+def check_version(version: object) -> str:
+    """Return ``version`` if a new version may be uploaded under it (VERSION_RULE), else raise BadInput."""
+    if not isinstance(version, str) or _VALID_VERSION(version) is None:
+        shown = repr(version[:80]) if isinstance(version, str) else "missing"
+        raise BadInput(f"invalid version {shown}: use {VERSION_RULE}, like v1.0.0")
+    return version
+
+
+def version_key(model_id: str, version: str) -> str:
+    """Return the key (file stem) of a model's version, like ``iris@v2``."""
+    return f"{model_id}{KEY_SEPARATOR}{version}"
+
+
+def split_key(key: str) -> tuple[str, str | None] | None:
+    """Return (model id, version) of a file stem; version None for a model stored before versions.
+
+    Return None when the stem is no key this store writes.
+    """
+    model_id, separator, version = key.partition(KEY_SEPARATOR)
+    if _VALID_ID(model_id) is None or (separator and _VALID_VERSION(version) is None):
+        return None
+    return model_id, (version if separator else None)
+
+
+def _valid_key(key: str) -> str:
+    if split_key(key) is None:
+        raise BadInput(f"invalid model key {key[:80]!r}")
+    return key
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -158,12 +201,23 @@ class PendingFile:
 
 
 @dataclass(frozen=True)
-class StoredModel:
-    """What the directory says about one visible model: its id and the identity of its two files."""
+class StoredVersion:
+    """What the directory says about one visible version: its key and the identity of its files."""
 
+    key: str
     model_id: str
+    version: str | None  # from the file name; None for a model stored before versions (its sidecar names it)
     signature: tuple[int, ...] | None
     unloaded: bool = False
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """One visible model: its versions (in key order) and the identity of its routing document."""
+
+    model_id: str
+    versions: tuple[StoredVersion, ...]
+    routing: tuple[int, ...] | None  # None: no routing document (the newest version answers)
 
 
 class ModelStore:
@@ -172,18 +226,21 @@ class ModelStore:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
 
-    def model_path(self, model_id: str) -> Path:
-        return self.directory / f"{_stored_id(model_id)}{MODEL_SUFFIX}"
+    def model_path(self, key: str) -> Path:
+        return self.directory / f"{_valid_key(key)}{MODEL_SUFFIX}"
 
-    def sidecar_path(self, model_id: str) -> Path:
-        return self.directory / f"{_stored_id(model_id)}{SIDECAR_SUFFIX}"
+    def sidecar_path(self, key: str) -> Path:
+        return self.directory / f"{_valid_key(key)}{SIDECAR_SUFFIX}"
 
-    def unloaded_path(self, model_id: str) -> Path:
-        return self.directory / f"{_stored_id(model_id)}{UNLOADED_SUFFIX}"
+    def unloaded_path(self, key: str) -> Path:
+        return self.directory / f"{_valid_key(key)}{UNLOADED_SUFFIX}"
 
-    def display_path(self, model_id: str) -> str:
-        """Return the model's path relative to the directory's parent, like ``models/iris.onnx``."""
-        return f"{self.directory.name}/{model_id}{MODEL_SUFFIX}"
+    def routing_path(self, model_id: str) -> Path:
+        return self.directory / f"{_stored_id(model_id)}{ROUTING_SUFFIX}"
+
+    def display_path(self, key: str) -> str:
+        """Return a version's path relative to the directory's parent, like ``models/iris@v1.onnx``."""
+        return f"{self.directory.name}/{key}{MODEL_SUFFIX}"
 
     def ensure(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -193,8 +250,17 @@ class ModelStore:
         st = os.stat(self.directory)
         return st.st_ino, st.st_mtime_ns
 
-    def exists(self, model_id: str) -> bool:
-        return self.sidecar_path(model_id).exists()
+    def exists(self, key: str) -> bool:
+        """Return whether the version stored under ``key`` is visible."""
+        return self.sidecar_path(key).exists()
+
+    def has_model(self, model_id: str) -> bool:
+        """Return whether ``model_id`` has a routing document or a version stored before versions existed.
+
+        Every model this release writes has its routing document from its first upload on, so
+        this takes two stats, where finding its versions would take a listing.
+        """
+        return self.routing_path(model_id).exists() or self.exists(model_id)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -217,120 +283,200 @@ class ModelStore:
             path.unlink(missing_ok=True)
             os.close(fd)
 
-    def publish(self, model_id: str, pending: PendingFile, sidecar: dict[str, Any]) -> None:
-        """Move a pending upload into place as ``model_id``, then write its sidecar. Hold the claim."""
+    def publish(self, key: str, pending: PendingFile, sidecar: dict[str, Any], routing: dict[str, Any]) -> None:
+        """Move a pending upload into place as version ``key``, write its sidecar, then the model's
+        routing document ``routing``. Hold the model's claim."""
+        model_id = self._model_of(key)
         with writing():
-            pending.file.flush()
-            os.fsync(pending.file.fileno())
-            os.replace(pending.path, self.model_path(model_id))
-            pending.published = True
+            first = not self.routing_path(model_id).exists()
+            if first:
+                self._write_json(self.routing_path(model_id), routing)  # has_model is true from the first file on
             try:
-                self._write_sidecar(model_id, sidecar)
+                pending.file.flush()
+                os.fsync(pending.file.fileno())
+                os.replace(pending.path, self.model_path(key))
+                pending.published = True
+                try:
+                    self._write_json(self.sidecar_path(key), sidecar)
+                except BaseException:
+                    self.model_path(key).unlink(missing_ok=True)  # no .onnx without its sidecar
+                    raise
             except BaseException:
-                self.model_path(model_id).unlink(missing_ok=True)  # no .onnx without its sidecar
+                if first:
+                    self.routing_path(model_id).unlink(missing_ok=True)  # nor a routing document without a version
                 raise
+            self._write_json(self.routing_path(model_id), routing)
             _fsync_dir(self.directory)
 
-    def _write_sidecar(self, model_id: str, sidecar: dict[str, Any]) -> None:
+    def _write_json(self, path: Path, document: dict[str, Any]) -> None:
         tmp = PendingFile(self.directory)
         try:
-            tmp.file.write(orjson.dumps(sidecar, option=orjson.OPT_INDENT_2) + b"\n")
+            tmp.file.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
             tmp.file.flush()
             os.fsync(tmp.file.fileno())
-            os.replace(tmp.path, self.sidecar_path(model_id))
+            os.replace(tmp.path, path)
             tmp.published = True
         finally:
             tmp.discard()
 
-    def remove(self, model_id: str) -> None:
-        """Remove a model, sidecar first so it stops being visible at once. Hold the claim."""
-        self.sidecar_path(model_id).unlink(missing_ok=True)
-        self.model_path(model_id).unlink(missing_ok=True)
-        self.unloaded_path(model_id).unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+    def write_routing(self, model_id: str, routing: dict[str, Any]) -> None:
+        """Replace a model's routing document (every worker follows it on its next request). Hold the claim."""
+        with writing():
+            self._write_json(self.routing_path(model_id), routing)
+            _fsync_dir(self.directory)
 
-    def set_unloaded(self, model_id: str, unloaded: bool) -> None:
-        """Mark a model as unloaded (kept on disk, served by no worker) or clear the mark. Hold the claim."""
-        path = self.unloaded_path(model_id)
-        if unloaded:
-            path.touch()
-        else:
-            path.unlink(missing_ok=True)
-        _fsync_dir(self.directory)
+    def remove(self, key: str, routing: dict[str, Any] | None) -> None:
+        """Remove one version, sidecar first so it stops being visible at once, then write the model's
+        routing document ``routing``, or remove it when ``routing`` is None (the model's last version).
+        Hold the model's claim."""
+        with writing():
+            self.sidecar_path(key).unlink(missing_ok=True)
+            self.model_path(key).unlink(missing_ok=True)
+            self.unloaded_path(key).unlink(missing_ok=True)
+            model_id = self._model_of(key)
+            if routing is None:
+                self.routing_path(model_id).unlink(missing_ok=True)
+            else:
+                self._write_json(self.routing_path(model_id), routing)
+            _fsync_dir(self.directory)
+
+    def set_unloaded(self, keys: list[str], unloaded: bool, routing: dict[str, Any] | None) -> None:
+        """Mark versions as unloaded (kept on disk, served by no worker) or clear the mark, then write
+        the model's routing document ``routing`` again (None: it has none). Hold the model's claim."""
+        with writing():
+            for key in keys:
+                path = self.unloaded_path(key)
+                if unloaded:
+                    path.touch()
+                else:
+                    path.unlink(missing_ok=True)
+            if routing is not None:
+                self._write_json(self.routing_path(self._model_of(keys[0])), routing)
+            _fsync_dir(self.directory)
+
+    @staticmethod
+    def _model_of(key: str) -> str:
+        return split_key(_valid_key(key))[0]
 
     # -- reading -------------------------------------------------------------------------
 
     def scan(self) -> list[StoredModel]:
-        """List the visible models with a signature that changes whenever either file is replaced."""
-        found = []
+        """List the visible models and their versions, with signatures that change whenever a file is replaced."""
         with os.scandir(self.directory) as entries:
             names = {e.name for e in entries if not e.name.startswith(".")}
+        versions: dict[str, list[StoredVersion]] = {}
         for name in sorted(n for n in names if n.endswith(SIDECAR_SUFFIX)):
-            model_id = name[: -len(SIDECAR_SUFFIX)]
-            if _VALID_ID(model_id) is None:
-                log.warning("skipping sidecar with an invalid id", extra={"file": name})
+            key = name[: -len(SIDECAR_SUFFIX)]
+            parts = split_key(key)
+            if parts is None:
+                log.warning("skipping sidecar with an invalid id or version", extra={"file": name})
                 continue
-            found.append(StoredModel(model_id, self.signature(model_id), f"{model_id}{UNLOADED_SUFFIX}" in names))
-        return found
+            stored = StoredVersion(key, parts[0], parts[1], self.signature(key), f"{key}{UNLOADED_SUFFIX}" in names)
+            versions.setdefault(parts[0], []).append(stored)
+        return [StoredModel(model_id, tuple(found), self._stat(self.routing_path(model_id))) for model_id, found in versions.items()]
 
-    def signature(self, model_id: str) -> tuple[int, ...] | None:
-        """Return the identity of a model's files and unload mark, or None when a file is missing."""
+    def signature(self, key: str) -> tuple[int, ...] | None:
+        """Return the identity of a version's files and unload mark, or None when a file is missing."""
         try:
-            sc = os.stat(self.sidecar_path(model_id))
-            mo = os.stat(self.model_path(model_id))
+            sc = os.stat(self.sidecar_path(key))
+            mo = os.stat(self.model_path(key))
         except FileNotFoundError:
             return None
-        unloaded = os.path.exists(self.unloaded_path(model_id))
+        unloaded = os.path.exists(self.unloaded_path(key))
         return (sc.st_ino, sc.st_mtime_ns, sc.st_size, mo.st_ino, mo.st_mtime_ns, mo.st_size, unloaded)
 
-    def read_sidecar(self, model_id: str) -> dict[str, Any]:
-        """Return the sidecar as a dict; raise ValueError with the reason if it is not usable."""
+    def model_signature(self, model_id: str, keys: tuple[str, ...]) -> tuple[tuple[int, ...] | None, ...]:
+        """Return the identity of a model's routing document and of the versions ``keys``.
+
+        Adding or removing a version rewrites the routing document, so this changes with those too.
+        """
+        return (self._stat(self.routing_path(model_id)), *(self.signature(key) for key in keys))
+
+    @staticmethod
+    def _stat(path: Path) -> tuple[int, ...] | None:
         try:
-            data = orjson.loads(self.sidecar_path(model_id).read_bytes())
-        except orjson.JSONDecodeError as exc:
-            raise ValueError(f"sidecar is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ValueError("sidecar is not a JSON object")
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def read_sidecar(self, key: str) -> dict[str, Any]:
+        """Return a version's sidecar as a dict; raise ValueError with the reason if it is not usable."""
+        model_id, version = split_key(_valid_key(key))
+        data = self._read_json(self.sidecar_path(key), "sidecar")
         if data.get("id", model_id) != model_id:
             raise ValueError(f"sidecar names id {data.get('id')!r}, not {model_id!r}")
+        if version is not None and data.get("version") != version:
+            raise ValueError(f"sidecar names version {data.get('version')!r}, not {version!r}")
         return data
 
-    def read_model(self, model_id: str) -> bytes:
-        return self.model_path(model_id).read_bytes()
+    def read_routing(self, model_id: str) -> dict[str, Any] | None:
+        """Return a model's routing document, or None when it has none; raise ValueError if it is not usable."""
+        try:
+            return self._read_json(self.routing_path(model_id), "routing document")
+        except FileNotFoundError:
+            return None
 
-    def open_model(self, model_id: str) -> IO[bytes]:
-        """Open a model's file for reading (a replacement never changes an open file's bytes)."""
-        return open(self.model_path(model_id), "rb")
+    @staticmethod
+    def _read_json(path: Path, what: str) -> dict[str, Any]:
+        try:
+            data = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"{what} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{what} is not a JSON object")
+        return data
 
-    def rewrite_sidecar(self, model_id: str, sidecar: dict[str, Any]) -> None:
-        """Replace a visible model's sidecar (to add what was measured about it). Hold the claim."""
+    def read_model(self, key: str) -> bytes:
+        return self.model_path(key).read_bytes()
+
+    def open_model(self, key: str) -> IO[bytes]:
+        """Open a version's model file for reading (a replacement never changes an open file's bytes)."""
+        return open(self.model_path(key), "rb")
+
+    def rewrite_sidecar(self, key: str, sidecar: dict[str, Any]) -> None:
+        """Replace a visible version's sidecar (to add what was measured about it). Hold the model's claim."""
         with writing():
-            self._write_sidecar(model_id, sidecar)
+            self._write_json(self.sidecar_path(key), sidecar)
             _fsync_dir(self.directory)
 
     # -- recovery ------------------------------------------------------------------------
 
     def clean_leftovers(self) -> list[str]:
-        """Remove what crashed writers left behind: unheld temp and claim files, models without sidecar."""
+        """Remove what crashed writers left behind: unheld temp and claim files, model files without
+        a sidecar, routing documents without a version."""
         removed = []
         with os.scandir(self.directory) as entries:
             names = sorted(e.name for e in entries)
         present = set(names)
+        models = {parts[0] for n in names if n.endswith(SIDECAR_SUFFIX) and (parts := split_key(n[: -len(SIDECAR_SUFFIX)]))}
         for name in names:
             if name.startswith(".") and name.endswith((_TMP_SUFFIX, _CLAIM_SUFFIX)):
                 if self._remove_if_unheld(self.directory / name):
                     removed.append(name)
-            elif name.endswith((MODEL_SUFFIX, UNLOADED_SUFFIX)):
-                model_id = name[: -len(MODEL_SUFFIX if name.endswith(MODEL_SUFFIX) else UNLOADED_SUFFIX)]
-                if _VALID_ID(model_id) is None or f"{model_id}{SIDECAR_SUFFIX}" in present:
+                continue
+            suffix = next((s for s in (ROUTING_SUFFIX, MODEL_SUFFIX, UNLOADED_SUFFIX) if name.endswith(s)), None)
+            if suffix is None:
+                continue
+            stem = name[: -len(suffix)]
+            parts = split_key(stem)
+            if parts is None:
+                continue
+            if suffix == ROUTING_SUFFIX:
+                if parts[1] is not None or stem in models:
                     continue
-                try:
-                    with self.claim(model_id):
-                        if not self.exists(model_id):
-                            (self.directory / name).unlink(missing_ok=True)
-                            removed.append(name)
-                except ModelBusy:
+                orphan = lambda model_id=stem: not any(s.model_id == model_id for s in self.scan())  # noqa: E731
+            else:
+                if f"{stem}{SIDECAR_SUFFIX}" in present:
                     continue
+                orphan = lambda key=stem: not self.exists(key)  # noqa: E731
+            try:
+                with self.claim(parts[0]):
+                    if orphan():
+                        (self.directory / name).unlink(missing_ok=True)
+                        removed.append(name)
+            except ModelBusy:
+                continue
         if removed:
             log.warning("removed leftovers of interrupted writes", extra={"files": removed})
         return removed

@@ -103,15 +103,15 @@ def test_metrics_endpoint_is_not_counted(client):
 
 def test_predictions_are_counted_by_model_and_outcome(client, upload_model):
     upload_model(models.identity(), "counted")
-    ok = sample("model_predictions_total", model_id="counted", status="success")
-    bad = sample("model_predictions_total", model_id="counted", status="error")
-    runs = sample("model_inference_duration_seconds_count", model_id="counted")
+    ok = sample("model_predictions_total", model_id="counted", version="v1", status="success")
+    bad = sample("model_predictions_total", model_id="counted", version="v1", status="error")
+    runs = sample("model_inference_duration_seconds_count", model_id="counted", version="v1")
     client.post("/predict", json={"model_id": "counted", "features": [1, 2, 3, 4]})
     client.post("/predict", json={"model_id": "counted", "features": [1, 2, 3]})
     client.post("/predict", json={"model_id": "ghost", "features": [1, 2, 3]})
-    assert sample("model_predictions_total", model_id="counted", status="success") == ok + 1
-    assert sample("model_predictions_total", model_id="counted", status="error") == bad + 1
-    assert sample("model_inference_duration_seconds_count", model_id="counted") == runs + 1
+    assert sample("model_predictions_total", model_id="counted", version="v1", status="success") == ok + 1
+    assert sample("model_predictions_total", model_id="counted", version="v1", status="error") == bad + 1
+    assert sample("model_inference_duration_seconds_count", model_id="counted", version="v1") == runs + 1
     assert sample("model_predictions_total", model_id="ghost", status="error") == 0  # no label for unknown ids
 
 

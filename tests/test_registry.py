@@ -12,7 +12,7 @@ import pytest
 
 from nexus import registry as registry_module
 from nexus.config import Settings, with_overrides
-from nexus.errors import ModelBusy, ModelExists, ModelLoading, ModelNotFound, StorageUnavailable
+from nexus.errors import ModelBusy, VersionExists, ModelLoading, ModelNotFound, StorageUnavailable
 from nexus.registry import Registry
 from nexus.store import ModelStore
 from tests import hostile_models, models
@@ -95,33 +95,33 @@ def test_a_quiet_directory_costs_one_stat_and_no_scan(workers, monkeypatch):
 def test_duplicate_upload_is_refused_and_a_held_claim_is_busy(workers):
     a, b = workers
     publish(a, "m", models.identity())
-    with pytest.raises(ModelExists):
+    with pytest.raises(VersionExists):
         publish(b, "m", models.identity())
     with a.store.claim("n"), pytest.raises(ModelBusy):
         publish(b, "n", models.identity())
 
 
 def _corrupt_sidecar(model_dir):
-    (model_dir / "bad.model_info.json").write_text("{not json")
+    (model_dir / "bad@1.model_info.json").write_text("{not json")
 
 
 def _sidecar_not_an_object(model_dir):
-    (model_dir / "bad.model_info.json").write_text("[1, 2]")
+    (model_dir / "bad@1.model_info.json").write_text("[1, 2]")
 
 
 def _model_file_missing(model_dir):
-    (model_dir / "bad.onnx").unlink()
+    (model_dir / "bad@1.onnx").unlink()
 
 
 def _model_file_not_a_model(model_dir):
-    (model_dir / "bad.onnx").write_bytes(b"not a model")
-    sidecar = json.loads((model_dir / "bad.model_info.json").read_text())
+    (model_dir / "bad@1.onnx").write_bytes(b"not a model")
+    sidecar = json.loads((model_dir / "bad@1.model_info.json").read_text())
     sidecar["sha256"] = hashlib.sha256(b"not a model").hexdigest()
-    (model_dir / "bad.model_info.json").write_text(json.dumps(sidecar))
+    (model_dir / "bad@1.model_info.json").write_text(json.dumps(sidecar))
 
 
 def _sha256_mismatch(model_dir):
-    (model_dir / "bad.onnx").write_bytes(models.add_mul())
+    (model_dir / "bad@1.onnx").write_bytes(models.add_mul())
 
 
 @pytest.mark.parametrize(
@@ -163,11 +163,11 @@ def test_a_damaged_model_that_is_repaired_loads_again(model_dir):
     writer = Registry(ModelStore(model_dir), 1)
     publish(writer, "m", models.identity())
     reader = Registry(ModelStore(model_dir), 1)
-    good = (model_dir / "m.onnx").read_bytes()
-    (model_dir / "m.onnx").write_bytes(b"garbage")
+    good = (model_dir / "m@1.onnx").read_bytes()
+    (model_dir / "m@1.onnx").write_bytes(b"garbage")
     with pytest.raises(ModelNotFound):
         reader.get("m")
-    (model_dir / "m.onnx").write_bytes(good)
+    (model_dir / "m@1.onnx").write_bytes(good)
     assert reader.get("m").id == "m"
 
 
@@ -208,22 +208,22 @@ def test_an_unload_within_one_timestamp_tick_is_seen(workers):
 def test_a_sidecar_without_a_load_check_is_measured_once_and_recorded(model_dir):
     writer = Registry(ModelStore(model_dir), 1)
     publish(writer, "m", models.identity())
-    sidecar = json.loads((model_dir / "m.model_info.json").read_text())
+    sidecar = json.loads((model_dir / "m@1.model_info.json").read_text())
     assert sidecar["load_check"]["sha256"] == sidecar["sha256"]
     del sidecar["load_check"]  # as an older release wrote it
-    (model_dir / "m.model_info.json").write_text(json.dumps(sidecar))
+    (model_dir / "m@1.model_info.json").write_text(json.dumps(sidecar))
     reader = Registry(ModelStore(model_dir), 1)
     assert reader.get("m").load_check["peak_mb"] >= 0
-    rewritten = json.loads((model_dir / "m.model_info.json").read_text())
+    rewritten = json.loads((model_dir / "m@1.model_info.json").read_text())
     assert rewritten["load_check"]["sha256"] == sidecar["sha256"]
     assert {k: v for k, v in rewritten.items() if k != "load_check"} == sidecar  # nothing else changed
 
 
 def test_a_model_over_the_limits_is_not_served_and_says_why(model_dir):
     publish(Registry(ModelStore(model_dir), 1), "m", models.identity())
-    sidecar = json.loads((model_dir / "m.model_info.json").read_text())
+    sidecar = json.loads((model_dir / "m@1.model_info.json").read_text())
     sidecar["load_check"]["peak_mb"] = 900.0
-    (model_dir / "m.model_info.json").write_text(json.dumps(sidecar))
+    (model_dir / "m@1.model_info.json").write_text(json.dumps(sidecar))
     strict = Registry(ModelStore(model_dir), 1, limits=with_overrides(Settings(), {"max_model_memory_mb": 512}).limits)
     with pytest.raises(ModelNotFound, match="needs 900 MB of memory; the limit is 512 MB") as info:
         strict.get("m")
@@ -266,8 +266,8 @@ def test_a_missing_directory_is_a_fast_503_on_every_path(model_dir, tmp_path):
 
 def test_a_sidecar_without_a_sha256_is_not_trusted(model_dir):
     publish(Registry(ModelStore(model_dir), 1), "m", models.identity())
-    sidecar = json.loads((model_dir / "m.model_info.json").read_text())
+    sidecar = json.loads((model_dir / "m@1.model_info.json").read_text())
     del sidecar["sha256"]
-    (model_dir / "m.model_info.json").write_text(json.dumps(sidecar))
+    (model_dir / "m@1.model_info.json").write_text(json.dumps(sidecar))
     with pytest.raises(ModelNotFound, match="does not name the model's sha256"):
         Registry(ModelStore(model_dir), 1).get("m")

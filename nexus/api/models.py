@@ -1,4 +1,4 @@
-"""The model catalogue: list, describe and delete models."""
+"""The model catalogue: list, describe and delete models and their versions; read and change a model's routing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from werkzeug.exceptions import MethodNotAllowed
 
 from nexus.api import nexus, require_predict_token, require_token
 from nexus.errors import BadInput
-from nexus.http import json_response
+from nexus.http import json_response, parse_json_object
+from nexus.registry import Entry, Model
+from nexus.routing import BUCKETS
 from nexus.store import RESERVED_IDS
 
 bp = Blueprint("models", __name__)
@@ -16,8 +18,8 @@ bp = Blueprint("models", __name__)
 @bp.get("/models")
 def list_models():
     require_predict_token()
-    models = nexus().registry.models()
-    return json_response({"models": [m.summary() for m in models], "count": len(models)})
+    found = nexus().registry.defaults()
+    return json_response({"models": [{**model.summary(), "versions": entry.versions} for entry, model in found], "count": len(found)})
 
 
 @bp.get("/models/info")
@@ -26,14 +28,85 @@ def model_info_by_query():
     model_id = request.args.get("id")
     if not model_id:
         raise BadInput("query parameter 'id' is missing, as in /models/info?id=iris")
-    return json_response(nexus().registry.get(model_id).details())
+    return json_response(_details(model_id))
 
 
 @bp.get("/models/<model_id>")
 def model_info(model_id: str):
     _not_a_fixed_route(model_id)
     require_predict_token()
-    return json_response(nexus().registry.get(model_id).details())
+    return json_response(_details(model_id))
+
+
+def _details(model_id: str) -> dict:
+    """The default version's details, with the model's versions and routing."""
+    registry = nexus().registry
+    entry = registry.entry(model_id)
+    return {**registry.version(entry, None).details(), "versions": entry.versions, "routing": entry.routing.document()}
+
+
+@bp.get("/models/<model_id>/versions")
+def list_versions(model_id: str):
+    require_predict_token()
+    registry = nexus().registry
+    entry = registry.entry(model_id)
+    return json_response({**_routing_view(entry), "versions": [_version_view(entry, v) for v in entry.versions]})
+
+
+@bp.get("/models/<model_id>/versions/<version>")
+def version_info(model_id: str, version: str):
+    require_predict_token()
+    return json_response(_version_view(nexus().registry.entry(model_id), version, strict=True))
+
+
+@bp.delete("/models/<model_id>/versions/<version>")
+def delete_version(model_id: str, version: str):
+    require_token()
+    nexus().registry.delete_version(model_id, version)
+    return json_response({"deleted": model_id, "version": version})
+
+
+@bp.get("/models/<model_id>/routing")
+def get_routing(model_id: str):
+    require_predict_token()
+    return json_response(_routing_view(nexus().registry.entry(model_id)))
+
+
+@bp.put("/models/<model_id>/routing")
+def put_routing(model_id: str):
+    require_token()
+    document = parse_json_object(request.get_data(cache=False))
+    return json_response(_routing_view(nexus().registry.set_routing(model_id, document)))
+
+
+def _routing_view(entry: Entry) -> dict:
+    """The routing as stored, the version it makes the default, and each version's share of traffic."""
+    plan = entry.plan
+    return {
+        "model_id": entry.id,
+        "routing": entry.routing.document(),
+        "default": plan.default,
+        "traffic": plan.shares(),
+        "shadow": {version: share * 100 / BUCKETS for share, version, _ in plan.shadows},
+        "versions": entry.versions,
+    }
+
+
+def _version_view(entry: Entry, version: str, strict: bool = False) -> dict:
+    """One version: its details when this worker serves it, its state, and its share of traffic."""
+    registry = nexus().registry
+    # A version asked for by name must be served (or its error says why); in a listing, one this
+    # worker cannot serve is shown with its state instead.
+    model: Model | None = registry.version(entry, version) if strict else registry.loaded(entry, version)
+    state, reason = registry.state(entry, version)
+    shadow = {v: share * 100 / BUCKETS for share, v, _ in entry.plan.shadows}
+    return {
+        **(model.details() if model is not None else {"id": entry.id, "version": version}),
+        "state": state,
+        **({"reason": reason} if reason else {}),
+        "traffic_percent": entry.plan.shares().get(version, 0.0),
+        "shadow_percent": shadow.get(version, 0.0),
+    }
 
 
 @bp.delete("/models/<model_id>")
@@ -41,7 +114,7 @@ def delete_model(model_id: str):
     _not_a_fixed_route(model_id)
     require_token()
     nexus().registry.delete(model_id)
-    return json_response({"deleted": model_id})
+    return json_response({"deleted": model_id})  # with every version
 
 
 def _not_a_fixed_route(model_id: str) -> None:

@@ -12,7 +12,16 @@ from flask import Blueprint
 
 from nexus.api import check_predict_token
 from nexus.errors import BadInput
-from nexus.http import CALL_ENVIRON, REQUEST_ID_ENVIRON, Reply, dumps, read_json_body, request_id_of, valid_request_id
+from nexus.http import (
+    CALL_ENVIRON,
+    REQUEST_ID_ENVIRON,
+    Reply,
+    dumps,
+    read_json_body,
+    request_id_of,
+    valid_request_id,
+    version_and_key,
+)
 from nexus import inference
 from nexus.clock import utc_now
 from nexus.inference import Call, InferenceRequest, Input
@@ -27,13 +36,15 @@ def handle(app_state, environ: dict[str, Any]) -> Reply:
     body = read_json_body(environ, app_state.settings.max_request_bytes)
     model_id = _model_id(body)
     request_id = _request_id(environ, body)
+    version, key = version_and_key(environ, body.get("version"), body.get("routing_key"))
     call = environ[CALL_ENVIRON] = Call()
-    answer = inference.infer(app_state.registry, InferenceRequest(model_id, _inputs(body)), call)
+    answer = inference.infer(app_state.registry, InferenceRequest(model_id, _inputs(body), None, version, key), call)
     outputs = {spec.name: encode_output(value) for spec, value in answer.outputs}
     prediction = flatten_output(answer.outputs[0][1])
     call.finish()
     return Reply(dumps({
         "model_id": answer.model.id,
+        "model_version": answer.model.version,
         "request_id": request_id,
         "prediction": prediction,
         "outputs": outputs,

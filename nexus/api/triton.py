@@ -57,7 +57,11 @@ def all_model_stats():
 @bp.get("/models/<name>/versions/<version>/stats")
 def model_stats(name: str, version: str | None = None):
     require_predict_token()
-    return json_response({"model_stats": statistics_of([_model(name, version)])})
+    if version is None:  # every version of the model, as Triton answers
+        models = [m for m in nexus().registry.models() if m.id == name] or [_model(name, None)]
+    else:
+        models = [_model(name, version)]
+    return json_response({"model_stats": statistics_of(models)})
 
 
 # -- model configuration ------------------------------------------------------------------------
@@ -81,7 +85,7 @@ def config_of(model: Model) -> dict[str, Any]:
         "name": model.id,
         "platform": PLATFORM,
         "backend": BACKEND,
-        "version_policy": {"latest": {"num_versions": 1}},
+        "version_policy": {"all": {}},  # every version uploaded is served (which one answers is the model's routing)
         "max_batch_size": MAX_BATCH_SIZE if batching else 0,
         "input": [
             {"name": spec.name, "data_type": _data_type(spec), "format": "FORMAT_NONE", "dims": shape[skip:],
@@ -113,10 +117,10 @@ def statistics_of(models: list[Model]) -> list[dict[str, Any]]:
     ``compute_output`` carry the run count with 0 ns (perf_analyzer needs the four counts equal,
     and a growing queue count to find the model's stats).
     """
-    totals = metrics.model_statistics(model.id for model in models)
+    totals = metrics.model_statistics((model.id, model.version) for model in models)
     entries = []
     for model in models:
-        stats = totals[model.id]
+        stats = totals[model.id, model.version]
         runs = {"count": stats.runs, "ns": 0}
         entries.append({
             "name": model.id,

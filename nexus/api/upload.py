@@ -8,7 +8,7 @@ from nexus.api import nexus, require_token, text_field
 from nexus.errors import BadInput, UnsupportedMediaType
 from nexus.http import json_response
 from nexus.observability import metrics
-from nexus.store import PendingFile, check_id, writing
+from nexus.store import PendingFile, check_id, check_version, writing
 
 bp = Blueprint("upload", __name__)
 
@@ -37,11 +37,11 @@ def upload():
     pending = _pending_file()
     model_id = check_id(text_field(request.form, "id", 64))
     name = text_field(request.form, "name", 200)
-    version = text_field(request.form, "version", 64)
+    version = check_version(text_field(request.form, "version", 64))
     model = nexus().registry.upload(model_id, name, version, pending)
     metrics.upload_accepted(model.size_bytes)
     body = {"model": model.summary(), "info": {"inputs": [t.info() for t in model.inputs], "outputs": [t.info() for t in model.outputs]}}
-    return json_response(body, 201, headers={"Location": f"/models/{model_id}"})
+    return json_response(body, 201, headers={"Location": f"/models/{model_id}/versions/{version}"})
 
 
 def _pending_file() -> PendingFile:

@@ -13,7 +13,7 @@ from nexus import __version__
 from nexus.api import check_predict_token, nexus, require_predict_token, require_token
 from nexus.api.health import check_ready
 from nexus.errors import BadInput
-from nexus.http import CALL_ENVIRON, Reply, dumps, json_response, parse_json_object, read_body
+from nexus.http import CALL_ENVIRON, Reply, dumps, json_response, parse_json_object, read_body, version_and_key
 from nexus import inference
 from nexus.inference import Call, InferenceRequest, InferenceResponse, Input
 from nexus.tensors import decode_v2, decode_v2_binary, encode_v2, v2_datatype
@@ -47,10 +47,11 @@ def server_ready():
 @bp.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
     require_predict_token()
-    model = inference.resolve(nexus().registry, name, version)
+    entry = nexus().registry.entry(name)
+    model = nexus().registry.version(entry, version)
     return json_response({
         "name": model.id,
-        "versions": [model.version],
+        "versions": entry.versions,
         "platform": PLATFORM,
         "inputs": [_tensor_metadata(spec) for spec in model.inputs],
         "outputs": [_tensor_metadata(spec) for spec in model.outputs],
@@ -71,9 +72,10 @@ def handle_infer(app_state, environ: dict[str, Any], name: str, version: str | N
     body, binary = _read_request(environ, app_state.settings.max_request_bytes)
     if not isinstance(body.get("id", ""), str):
         raise BadInput("field 'id' must be a string; it is echoed back in the answer")
+    pinned, key = version_and_key(environ, version, _parameters(body, "the request").get("routing_key"))
     call = environ[CALL_ENVIRON] = Call()
     asked, as_binary = _wanted_outputs(body)
-    request = InferenceRequest(name, _inputs(body.get("inputs"), binary), asked, version)
+    request = InferenceRequest(name, _inputs(body.get("inputs"), binary), asked, pinned, key)
     reply = _response(inference.infer(app_state.registry, request, call), body, as_binary)
     call.finish()
     return reply
@@ -96,16 +98,18 @@ def repository_index():
 
 
 @bp.post("/repository/models/<name>/load")
-def repository_load(name: str):
+@bp.post("/repository/models/<name>/versions/<version>/load")
+def repository_load(name: str, version: str | None = None):
     require_token()
-    nexus().registry.set_loaded(name, True)
+    nexus().registry.set_loaded(name, True, version)
     return json_response({})
 
 
 @bp.post("/repository/models/<name>/unload")
-def repository_unload(name: str):
+@bp.post("/repository/models/<name>/versions/<version>/unload")
+def repository_unload(name: str, version: str | None = None):
     require_token()
-    nexus().registry.set_loaded(name, False)
+    nexus().registry.set_loaded(name, False, version)
     return json_response({})
 
 

@@ -1,7 +1,7 @@
 """``/metrics``: prometheus-flask-exporter's endpoint over the counters of ``metrics``.
 
 Under gunicorn the values of every worker are merged from the multiprocess directory at each
-scrape; samples of models that are no longer in the model directory are left out.
+scrape; samples of models and versions that are no longer in the model directory are left out.
 """
 
 from __future__ import annotations
@@ -18,26 +18,34 @@ from nexus.observability.metrics import METRICS_PATH
 
 
 class _KnownModelsOnly:
-    """A collector that passes on ``source``'s samples except those of models no longer in the directory.
+    """A collector that passes on ``source``'s samples except those of models and versions no longer in the directory.
 
     Counters of a deleted model live on in the multiprocess files of every worker that served
     it; without this, each upload/delete cycle would leave its series in /metrics for good.
     """
 
-    def __init__(self, source, known: Callable[[], set[str]]) -> None:
+    def __init__(self, source, known: Callable[[], dict[str, set[str]]]) -> None:
         self.source, self.known = source, known
 
     def collect(self):
         known = self.known()
         for family in self.source.collect():
-            family.samples = [s for s in family.samples if s.labels.get("model_id") is None or s.labels["model_id"] in known]
+            family.samples = [s for s in family.samples if _kept(s.labels, known)]
             yield family
+
+
+def _kept(labels: dict[str, str], known: dict[str, set[str]]) -> bool:
+    model_id = labels.get("model_id")
+    if model_id is None:
+        return True
+    versions = known.get(model_id)
+    return versions is not None and ("version" not in labels or labels["version"] in versions)
 
 
 class _Exporter(PrometheusMetrics):
     """prometheus-flask-exporter's endpoint, with the samples of deleted models left out."""
 
-    def __init__(self, known: Callable[[], set[str]], **kwargs) -> None:
+    def __init__(self, known: Callable[[], dict[str, set[str]]], **kwargs) -> None:
         super().__init__(app=None, **kwargs)
         self.known = known
 
@@ -56,13 +64,5 @@ class _Exporter(PrometheusMetrics):
 
 def init_app(app: Flask) -> None:
     """Serve ``/metrics`` (multiprocess-aware, deleted models left out); our hooks do the counting."""
-    store = app.extensions["nexus"].store
-
-    def known() -> set[str]:
-        try:
-            return {entry.model_id for entry in store.scan()}
-        except OSError:
-            return set()
-
-    exporter = _Exporter(known, path=METRICS_PATH, export_defaults=False)
+    exporter = _Exporter(app.extensions["nexus"].registry.known_versions, path=METRICS_PATH, export_defaults=False)
     exporter.init_app(app)

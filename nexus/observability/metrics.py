@@ -25,9 +25,13 @@ HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests by method, route t
 HTTP_DURATION = Histogram(
     "http_request_duration_seconds", "HTTP request latency by method and route template.", ["method", "endpoint"], buckets=_LATENCY_BUCKETS
 )
-PREDICTIONS = Counter("model_predictions_total", "Predictions by model and outcome (success or error).", ["model_id", "status"])
+PREDICTIONS = Counter(
+    "model_predictions_total", "Predictions by model, the version that answered, and outcome (success or error).",
+    ["model_id", "version", "status"],
+)
 INFERENCE = Histogram(
-    "model_inference_duration_seconds", "Time inside onnxruntime's run for one request.", ["model_id"], buckets=_INFERENCE_BUCKETS
+    "model_inference_duration_seconds", "Time inside onnxruntime's run for one request, by model and version.",
+    ["model_id", "version"], buckets=_INFERENCE_BUCKETS,
 )
 MODELS_LOADED = Gauge("models_loaded", "Models this server serves.", multiprocess_mode="livemostrecent")
 MODEL_LOAD = Histogram("model_load_duration_seconds", "Time to read, check and open a model in one worker.", buckets=_LATENCY_BUCKETS)
@@ -55,27 +59,61 @@ def observe_request(method: str, endpoint: str, status: str, seconds: float) -> 
     _child(HTTP_DURATION, method, endpoint).observe(seconds)
 
 
-def observe_inference(model_id: str, seconds: float) -> None:
-    """Note how long onnxruntime ran for one request on a registered model."""
-    _child(INFERENCE, model_id).observe(seconds)
+def observe_inference(model_id: str, version: str, seconds: float) -> None:
+    """Note how long onnxruntime ran for one request on a registered model version."""
+    _child(INFERENCE, model_id, version).observe(seconds)
 
 
 # When each model's last-success gauge was last written by this process: it is written at most every
 # LAST_PREDICTION_EVERY_S, since a write to the multiprocess file costs about a microsecond.
-_last_written: dict[str, float] = {}
+_last_written: dict[tuple[str, str], float] = {}
 LAST_PREDICTION_EVERY_S = 0.1
 
 
-def prediction_done(model_id: str, outcome: str, seconds: float) -> None:
+def prediction_done(model_id: str, version: str, outcome: str, seconds: float) -> None:
     """Count a prediction as ``success`` or ``error`` (from the status its response carried), with its
-    whole request time, and note when the model last answered well (Triton's statistics read these)."""
-    _child(PREDICTIONS, model_id, outcome).inc()
-    _child(PREDICTION_SECONDS, model_id, outcome).inc(seconds)
+    whole request time, and note when the version last answered well (Triton's statistics read these)."""
+    _child(PREDICTIONS, model_id, version, outcome).inc()
+    _child(PREDICTION_SECONDS, model_id, version, outcome).inc(seconds)
     if outcome == "success":
         now = time.time()
-        if now - _last_written.get(model_id, 0.0) >= LAST_PREDICTION_EVERY_S:
-            _last_written[model_id] = now
-            _child(LAST_PREDICTION, model_id).set(now)
+        if now - _last_written.get((model_id, version), 0.0) >= LAST_PREDICTION_EVERY_S:
+            _last_written[model_id, version] = now
+            _child(LAST_PREDICTION, model_id, version).set(now)
+
+
+# -- shadow versions (nexus/shadow.py) ------------------------------------------------------------
+
+SHADOW_RUNS = Counter(
+    "model_shadow_predictions_total",
+    "Copies of requests sent to shadow versions, by outcome: success, error, dropped (queue full), "
+    "unavailable (version not loaded in the worker).",
+    ["model_id", "version", "status"],
+)
+SHADOW_AGREEMENT = Counter(
+    "model_shadow_agreement_total", "Shadow runs whose answer agreed (or not) with the one the client got.",
+    ["model_id", "version", "result"],
+)
+SHADOW_DIFFERENCE = Histogram(
+    "model_shadow_max_abs_difference", "Largest absolute difference between a shadow's numeric answer and the client's.",
+    ["model_id", "version"], buckets=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0),
+)
+SHADOW_INFERENCE = Histogram(
+    "model_shadow_duration_seconds", "Time a shadow run took (decoding, running and comparing).",
+    ["model_id", "version"], buckets=_INFERENCE_BUCKETS,
+)
+
+
+def shadow_done(model_id: str, version: str, status: str, seconds: float | None = None,
+                agree: bool | None = None, difference: float | None = None) -> None:
+    """Count one shadow copy by outcome; for one that ran, its time, agreement and difference."""
+    _child(SHADOW_RUNS, model_id, version, status).inc()
+    if seconds is not None:
+        _child(SHADOW_INFERENCE, model_id, version).observe(seconds)
+    if agree is not None:
+        _child(SHADOW_AGREEMENT, model_id, version, "agree" if agree else "disagree").inc()
+    if difference is not None:
+        _child(SHADOW_DIFFERENCE, model_id, version).observe(difference)
 
 
 # The registry reports to this module through these two functions (it knows nothing of Prometheus).
@@ -96,17 +134,19 @@ def upload_accepted(size: int) -> None:
 # (Triton's success/fail durations), and when a model last answered one (Triton's last_inference).
 
 PREDICTION_SECONDS = Counter(
-    "model_prediction_seconds", "Seconds spent answering prediction requests (the whole request) by model and outcome.", ["model_id", "status"]
+    "model_prediction_seconds", "Seconds spent answering prediction requests (the whole request) by model, version and outcome.",
+    ["model_id", "version", "status"],
 )
 LAST_PREDICTION = Gauge(
-    "model_last_prediction_timestamp_seconds", "When the model last answered a prediction successfully (Unix time).", ["model_id"],
+    "model_last_prediction_timestamp_seconds", "When the version last answered a prediction successfully (Unix time).",
+    ["model_id", "version"],
     multiprocess_mode="max",  # the latest of every worker's, a dead worker's included
 )
 
 
 @dataclass
 class ModelStatistics:
-    """One model's prediction totals over every worker of this server, as the metrics hold them."""
+    """One model version's prediction totals over every worker of this server, as the metrics hold them."""
 
     success: int = 0  # predictions answered 2xx/3xx (model_predictions_total{status="success"})
     failure: int = 0  # predictions answered with an error (status="error")
@@ -117,14 +157,14 @@ class ModelStatistics:
     last_success: float = 0.0  # Unix time of the last successful prediction; 0 if none
 
 
-def model_statistics(model_ids: Iterable[str]) -> dict[str, ModelStatistics]:
-    """Return the totals of each model in ``model_ids``, summed over all gunicorn workers.
+def model_statistics(versions: Iterable[tuple[str, str]]) -> dict[tuple[str, str], ModelStatistics]:
+    """Return the totals of each (model id, version) in ``versions``, summed over all gunicorn workers.
 
     Under gunicorn (``PROMETHEUS_MULTIPROC_DIR`` set) the workers' files are merged by
     prometheus_client's multiprocess collector, the same values ``/metrics`` shows; otherwise
     this process's registry is read.
     """
-    stats = {model_id: ModelStatistics() for model_id in model_ids}
+    stats = {key: ModelStatistics() for key in versions}
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry(auto_describe=False)
         multiprocess.MultiProcessCollector(registry)
@@ -134,7 +174,7 @@ def model_statistics(model_ids: Iterable[str]) -> dict[str, ModelStatistics]:
         if family.name not in _STATISTICS_FAMILIES:
             continue
         for sample in family.samples:
-            entry = stats.get(sample.labels.get("model_id"))
+            entry = stats.get((sample.labels.get("model_id"), sample.labels.get("version")))
             if entry is None:
                 continue
             name, status, value = sample.name, sample.labels.get("status"), sample.value

@@ -12,7 +12,7 @@ from nexus.errors import (
     InferenceTimeout,
     InvalidModel,
     ModelBusy,
-    ModelExists,
+    VersionExists,
     ModelLoadTimeout,
     ModelLoading,
     ModelNotFound,
@@ -38,7 +38,7 @@ from tests.conftest import assert_error, files_in, upload
         (InvalidModel("x"), 400, "invalid_model"),
         (Unauthorized(), 401, "unauthorized"),
         (ModelNotFound("iris"), 404, "model_not_found"),
-        (ModelExists("iris"), 409, "model_exists"),
+        (VersionExists("iris", "v1"), 409, "version_exists"),
         (ModelBusy("iris"), 409, "model_busy"),
         (TooLarge("x"), 413, "too_large"),
         (UnsupportedMediaType("x"), 415, "unsupported_media_type"),
@@ -64,7 +64,7 @@ def test_each_error_carries_its_status_and_code(error, status, code):
     ("error", "message"),
     [
         (ModelNotFound("iris"), "model 'iris' is not registered"),
-        (ModelExists("iris"), "model 'iris' is already registered; delete it first or choose another id"),
+        (VersionExists("iris", "v1"), "model 'iris' already has version 'v1', and versions never change; upload it as a new version"),
         (ModelBusy("iris"), "model 'iris' is being written by another request; try again"),
         (TooLarge.over(10 * 1024 * 1024), "request body is over the limit of 10 MB"),
         (TooLarge.over(int(0.01 * 1024 * 1024)), "request body is over the limit of 0.01 MB"),
@@ -130,7 +130,7 @@ def _explode(*args, **kwargs):
 
 
 def test_an_unexpected_error_in_a_view_is_a_500_that_leaks_nothing(app, client, monkeypatch):
-    monkeypatch.setattr(app.extensions["nexus"].registry, "models", _explode)
+    monkeypatch.setattr(app.extensions["nexus"].registry, "defaults", _explode)
     response = client.get("/models")
     body = assert_error(response, 500, "internal_error", "internal server error")
     assert "secret" not in body["error"] and "Traceback" not in body["error"] and ".cc:" not in body["error"]
@@ -139,7 +139,7 @@ def test_an_unexpected_error_in_a_view_is_a_500_that_leaks_nothing(app, client, 
 def test_an_unexpected_error_in_predict_is_a_500_that_leaks_nothing(app, client, upload_model, model_dir, monkeypatch):
     upload_model(models.identity(), "m")
     before = files_in(model_dir)
-    monkeypatch.setattr(app.extensions["nexus"].registry, "get", _explode)
+    monkeypatch.setattr(app.extensions["nexus"].registry, "entry", _explode)
     response = client.post("/predict", json={"model_id": "m", "features": [1, 2, 3, 4]})
     body = assert_error(response, 500, "internal_error", "internal server error")
     assert "secret" not in body["error"] and "Traceback" not in response.get_data(as_text=True)

@@ -19,7 +19,7 @@ def test_list_is_sorted_by_id_with_a_count(client, upload_model):
     body = client.get("/models").get_json()
     assert body["count"] == 3
     assert body["models"] == [
-        {"id": m, "name": m.title(), "version": "2", "path": f"models/{m}.onnx"} for m in ("alpha", "mid", "zeta")
+        {"id": m, "name": m.title(), "version": "2", "path": f"models/{m}@2.onnx", "versions": ["2"]} for m in ("alpha", "mid", "zeta")
     ]
 
 
@@ -32,7 +32,9 @@ def test_details_by_path_and_by_query(client, upload_model, url):
     data = models.add_mul()
     upload_model(data, "m", name="Pair", version="v3")
     body = client.get(url).get_json()
-    assert set(body) == {"id", "name", "version", "path", "inputs", "outputs", "created_at", "size_bytes", "sha256"}
+    assert set(body) == {"id", "name", "version", "path", "inputs", "outputs", "created_at", "size_bytes", "sha256",
+                         "versions", "routing"}
+    assert body["versions"] == ["v3"] and body["routing"] == {"default": None, "canary": {}, "shadow": {}}
     assert body["sha256"] == hashlib.sha256(data).hexdigest() and body["size_bytes"] == len(data)
     assert [t["name"] for t in body["inputs"]] == ["A", "B"] and [t["name"] for t in body["outputs"]] == ["SUM", "PROD"]
     assert body["created_at"].endswith("Z")
@@ -66,7 +68,7 @@ def test_delete_removes_both_files_and_the_model(client, upload_model, model_dir
     response = client.delete("/models/m")
     assert response.status_code == 200 and response.mimetype == "application/json"
     assert strict_json(response) == {"deleted": "m"}
-    assert files_in(model_dir) == ["keep.model_info.json", "keep.onnx"]
+    assert files_in(model_dir) == ["keep.routing.json", "keep@v1.model_info.json", "keep@v1.onnx"]
     gone = client.post("/predict", json={"model_id": "m", "features": [1, 2, 3, 4]})
     assert_error(gone, 404, "model_not_found", "model 'm' is not registered")
     assert_error(client.get("/models/m"), 404, "model_not_found", "model 'm' is not registered")
@@ -100,7 +102,7 @@ def test_delete_needs_the_token_when_set(make_app, model_dir):
     assert_error(refused, 401, "unauthorized", "Bearer")
     assert refused.headers["WWW-Authenticate"].startswith("Bearer")
     assert_error(client.delete("/models/m", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized", "Bearer")
-    assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
+    assert files_in(model_dir) == ["m.routing.json", "m@v1.model_info.json", "m@v1.onnx"]
     assert client.post("/predict", json={"model_id": "m", "features": [1, 2, 3, 4]}).status_code == 200
     assert client.delete("/models/m", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert files_in(model_dir) == []

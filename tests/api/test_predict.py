@@ -41,7 +41,8 @@ def test_iris_predicts_setosa_with_probabilities_per_class(client, upload_model,
     response = predict(client, {"model_id": "iris", "features": [5.1, 3.5, 1.4, 0.2]})
     assert response.status_code == 200
     body = response.get_json()
-    assert set(body) == {"model_id", "request_id", "prediction", "outputs", "latency_ms", "timestamp"}
+    assert set(body) == {"model_id", "model_version", "request_id", "prediction", "outputs", "latency_ms", "timestamp"}
+    assert body["model_version"] == "v1" and response.headers["X-Model-Version"] == "v1"
     assert body["model_id"] == "iris" and body["prediction"] == [0]
     assert RFC3339.match(body["timestamp"]) and body["latency_ms"] > 0
     (probabilities,) = body["outputs"]["output_probability"]
@@ -289,11 +290,11 @@ def test_get_on_predict_is_405_json(client):
 
 def test_a_scalar_output_is_a_number_on_predict_and_counted_as_what_the_client_got(client, upload_model):
     upload_model(models.total(), "sum")
-    before = metric("model_predictions_total", model_id="sum", status="success")
+    before = metric("model_predictions_total", model_id="sum", version="v1", status="success")
     response = predict(client, {"model_id": "sum", "features": [1, 2, 3, 4.5]})
     assert response.status_code == 200, response.get_json()
     body = strict_json(response)
     assert body["prediction"] == [10.5] and body["outputs"] == {"S": 10.5}
-    assert metric("model_predictions_total", model_id="sum", status="success") == before + 1
+    assert metric("model_predictions_total", model_id="sum", version="v1", status="success") == before + 1
     v2 = client.post("/v2/models/sum/infer", json={"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4.5]}]})
     assert v2.get_json()["outputs"] == [{"name": "S", "datatype": "FP32", "shape": [], "data": [10.5]}]

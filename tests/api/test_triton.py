@@ -192,9 +192,9 @@ def test_stats_read_the_request_durations_and_last_prediction_metrics(client, up
     model_id = unique("timed")
     upload_model(models.identity(), model_id)
     before = time.time()
-    metrics.prediction_done(model_id, "success", 0.25)
-    metrics.prediction_done(model_id, "success", 0.5)
-    metrics.prediction_done(model_id, "error", 0.125)
+    metrics.prediction_done(model_id, "v1", "success", 0.25)
+    metrics.prediction_done(model_id, "v1", "success", 0.5)
+    metrics.prediction_done(model_id, "v1", "error", 0.125)
     after = time.time()
     (entry,) = client.get(f"/v2/models/{model_id}/stats").get_json()["model_stats"]
     assert entry["inference_stats"]["success"]["ns"] == 750_000_000
@@ -218,9 +218,9 @@ def test_predictions_feed_request_durations_and_last_inference(client, upload_mo
 WORKER = """
 from nexus.observability import metrics
 for _ in range({n}):
-    metrics.prediction_done("shared", "success", 0.5 / {n})
-    metrics.observe_inference("shared", 0.001)
-metrics.prediction_done("shared", "error", 0.25)
+    metrics.prediction_done("shared", "v1", "success", 0.5 / {n})
+    metrics.observe_inference("shared", "v1", 0.001)
+metrics.prediction_done("shared", "v1", "error", 0.25)
 """
 
 
@@ -234,10 +234,10 @@ def test_stats_sum_the_multiprocess_files_of_every_worker(tmp_path, monkeypatch)
     for n in (3, 4):  # two "workers", each its own process
         subprocess.run([sys.executable, "-c", WORKER.format(n=n)], env=env, check=True, timeout=60)
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
-    stats = metrics.model_statistics(["shared", "other"])
-    shared = stats["shared"]
+    stats = metrics.model_statistics([("shared", "v1"), ("other", "v1")])
+    shared = stats["shared", "v1"]
     assert (shared.success, shared.failure, shared.runs) == (7, 2, 7)
     assert shared.run_seconds == pytest.approx(0.007)
     assert (shared.success_seconds, shared.failure_seconds) == (1.0, 0.5)
     assert time.time() - 60 < shared.last_success <= time.time()
-    assert stats["other"] == metrics.ModelStatistics()
+    assert stats["other", "v1"] == metrics.ModelStatistics()

@@ -17,16 +17,16 @@ from tests.conftest import TOKEN, assert_error, files_in, upload
 def test_upload_returns_201_with_model_and_tensor_info(client, model_dir, iris_bytes):
     response = upload(client, iris_bytes, "iris", name="Iris", version="v1.0.0")
     assert response.status_code == 201
-    assert response.headers["Location"] == "/models/iris"
+    assert response.headers["Location"] == "/models/iris/versions/v1.0.0"
     body = response.get_json()
-    assert body["model"] == {"id": "iris", "name": "Iris", "version": "v1.0.0", "path": "models/iris.onnx"}
+    assert body["model"] == {"id": "iris", "name": "Iris", "version": "v1.0.0", "path": "models/iris@v1.0.0.onnx"}
     assert body["info"]["inputs"] == [{"name": "input", "dtype": 1, "shape": [-1, 4], "type": "tensor(float)"}]
     assert body["info"]["outputs"] == [
         {"name": "output_label", "dtype": 7, "shape": [-1], "type": "tensor(int64)"},
         {"name": "output_probability", "dtype": 0, "shape": [], "type": "seq(map(int64,tensor(float)))"},
     ]
-    assert files_in(model_dir) == ["iris.model_info.json", "iris.onnx"]
-    assert (model_dir / "iris.onnx").read_bytes() == iris_bytes
+    assert files_in(model_dir) == ["iris.routing.json", "iris@v1.0.0.model_info.json", "iris@v1.0.0.onnx"]
+    assert (model_dir / "iris@v1.0.0.onnx").read_bytes() == iris_bytes
 
 
 def test_sidecar_holds_the_metadata(client, model_dir):
@@ -34,8 +34,8 @@ def test_sidecar_holds_the_metadata(client, model_dir):
 
     data = models.identity()
     upload(client, data, "m", name="N", version="7")
-    sidecar = json.loads((model_dir / "m.model_info.json").read_text())
-    assert sidecar["id"] == "m" and sidecar["name"] == "N" and sidecar["version"] == "7"
+    sidecar = json.loads((model_dir / "m@7.model_info.json").read_text())
+    assert sidecar["id"] == "m" and sidecar["name"] == "N" and sidecar["version"] == "7" and sidecar["sequence"] == 1
     assert sidecar["sha256"] == hashlib.sha256(data).hexdigest() and sidecar["size_bytes"] == len(data)
     assert sidecar["created_at"].endswith("Z") and sidecar["inputs"][0]["name"] == "X"
 
@@ -112,7 +112,7 @@ def test_an_id_naming_a_route_under_models_gets_400_and_changes_nothing(client, 
 def test_valid_ids_are_accepted_as_given(client, model_dir, good_id):
     response = upload(client, models.identity(), good_id)
     assert response.status_code == 201 and response.get_json()["model"]["id"] == good_id
-    assert files_in(model_dir) == [f"{good_id}.model_info.json", f"{good_id}.onnx"]
+    assert files_in(model_dir) == [f"{good_id}.routing.json", f"{good_id}@v1.model_info.json", f"{good_id}@v1.onnx"]
 
 
 def test_empty_file_is_refused(client, model_dir):
@@ -150,13 +150,16 @@ def test_external_data_models_are_refused(client, model_dir, iris_bytes):
     assert files_in(model_dir) == before
 
 
-def test_same_id_twice_returns_409_and_keeps_first(client, model_dir):
+def test_same_id_and_version_twice_returns_409_and_keeps_first(client, model_dir):
     first, weights, bias = models.linear(seed=1)
     assert upload(client, first, "m", name="First", version="1").status_code == 201
-    sidecar = (model_dir / "m.model_info.json").read_bytes()
-    assert_error(upload(client, models.linear(seed=2)[0], "m", name="Second", version="2"), 409, "model_exists", "model 'm' is already registered")
-    assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
-    assert (model_dir / "m.onnx").read_bytes() == first and (model_dir / "m.model_info.json").read_bytes() == sidecar
+    sidecar = (model_dir / "m@1.model_info.json").read_bytes()
+    routing = (model_dir / "m.routing.json").read_bytes()
+    assert_error(upload(client, models.linear(seed=2)[0], "m", name="Second", version="1"), 409, "version_exists",
+                 "model 'm' already has version '1', and versions never change")
+    assert files_in(model_dir) == ["m.routing.json", "m@1.model_info.json", "m@1.onnx"]
+    assert (model_dir / "m@1.onnx").read_bytes() == first and (model_dir / "m@1.model_info.json").read_bytes() == sidecar
+    assert (model_dir / "m.routing.json").read_bytes() == routing
     prediction = client.post("/predict", json={"model_id": "m", "features": [1, 0, 0, 0]}).get_json()["prediction"]
     assert prediction == pytest.approx((weights[0] + bias).tolist(), abs=1e-5)
     assert client.get("/models/m").get_json()["name"] == "First"
@@ -198,7 +201,7 @@ def test_token_is_required_for_upload_when_set(make_app, model_dir, header, stat
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert files_in(model_dir) == []
     else:
-        assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
+        assert files_in(model_dir) == ["m.routing.json", "m@v1.model_info.json", "m@v1.onnx"]
 
 
 def test_a_flood_of_file_parts_is_refused_and_leaves_nothing(client, model_dir):
@@ -213,7 +216,7 @@ def test_extra_file_parts_are_not_kept(client, model_dir):
     data = {"file": (io.BytesIO(models.identity()), "m.onnx"), "spare": (io.BytesIO(b"junk"), "junk.bin"),
             "id": "m", "name": "n", "version": "v"}
     assert client.post("/models/upload", data=data, content_type="multipart/form-data").status_code == 201
-    assert files_in(model_dir) == ["m.model_info.json", "m.onnx"]
+    assert files_in(model_dir) == ["m.routing.json", "m@v.model_info.json", "m@v.onnx"]
 
 
 def _fail_with(code):
@@ -241,7 +244,14 @@ def test_a_full_disk_while_streaming_gets_507_and_leaves_nothing(client, model_d
 def test_a_full_disk_while_publishing_leaves_nothing(client, model_dir, monkeypatch):
     from nexus import store
 
-    monkeypatch.setattr(store.ModelStore, "_write_sidecar", _fail_with(errno.ENOSPC))
+    real = store.ModelStore._write_json
+
+    def sidecar_fails(self, path, document):  # the model file is in place and the routing document written
+        if path.name.endswith(store.SIDECAR_SUFFIX):
+            _fail_with(errno.ENOSPC)()
+        return real(self, path, document)
+
+    monkeypatch.setattr(store.ModelStore, "_write_json", sidecar_fails)
     assert_error(upload(client, models.identity(), "m"), 507, "storage_full", "full")
     assert files_in(model_dir) == []
 
@@ -253,7 +263,7 @@ def test_a_read_only_model_directory_gets_a_clear_500(client, model_dir, monkeyp
     monkeypatch.setattr(store, "_lock_path", _fail_with(errno.EROFS))
     assert_error(upload(client, models.identity(), "m"), 500, "storage_not_writable", "not writable")
     assert_error(client.delete("/models/kept"), 500, "storage_not_writable", "not writable")
-    assert files_in(model_dir) == ["kept.model_info.json", "kept.onnx"]
+    assert files_in(model_dir) == ["kept.routing.json", "kept@v1.model_info.json", "kept@v1.onnx"]
 
 
 def _has_locale(name: str) -> bool:

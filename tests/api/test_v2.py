@@ -227,7 +227,7 @@ def test_unload_keeps_the_files_and_load_serves_again(client, upload_model, mode
     unloaded = client.post("/predict", json={"model_id": "m", "features": [1, 2, 3, 4]})
     assert unloaded.status_code == 404 and unloaded.get_json()["code"] == "model_unloaded"
     index = client.post("/v2/repository/index").get_json()
-    assert index == [{"name": "m", "state": "UNAVAILABLE", "reason": "unloaded"}]
+    assert index == [{"name": "m", "version": "v1", "state": "UNAVAILABLE", "reason": "unloaded"}]
     assert set(before) <= set(files_in(model_dir))
     assert client.post("/v2/repository/models/m/load").status_code == 200
     assert client.post("/predict", json={"model_id": "m", "features": [1, 2, 3, 4]}).status_code == 200

@@ -222,7 +222,7 @@ def test_external_data_models_are_refused_and_read_nothing(guarded, variant):
 def test_an_ordinary_upload_records_its_load_check(guarded):
     response = upload(guarded, models.identity(), "plain")
     assert response.status_code == 201, response.text
-    sidecar = json.loads((guarded.model_dir / "plain.model_info.json").read_text())
+    sidecar = json.loads((guarded.model_dir / "plain@1.model_info.json").read_text())
     check = sidecar["load_check"]
     for field in ("peak_mb", "seconds"):
         assert isinstance(check[field], (int, float)) and not isinstance(check[field], bool) and check[field] >= 0, check
@@ -312,7 +312,7 @@ def test_a_slow_loading_model_delays_no_other_model(make_server):
     with IrisPoller(server) as poller:
         response = upload(server, hostile.slow_to_load(), "slow", timeout=90)
         assert response.status_code == 201, response.text[:300]
-        check = json.loads((server.model_dir / "slow.model_info.json").read_text())["load_check"]
+        check = json.loads((server.model_dir / "slow@1.model_info.json").read_text())["load_check"]
         assert isinstance(check["peak_mb"], (int, float)) and check["peak_mb"] > 0, check
         assert isinstance(check["seconds"], (int, float)) and check["seconds"] > 1, check
         # The workers load it in the background now; asking for it waits at most NEXUS_LOAD_WAIT_S.
@@ -391,7 +391,7 @@ def test_a_worker_killed_mid_upload_leaves_no_hidden_files(make_server):
     assert server.proc.poll() is None and server.proc.pid == master  # no restart
     assert victim not in server.worker_pids()
     assert wait_until(lambda: len(server.worker_pids()) == 2, 15)
-    assert not (server.model_dir / "killed.onnx").exists()
+    assert not (server.model_dir / "killed@1.onnx").exists() and not (server.model_dir / "killed.routing.json").exists()
     assert predict(server, IRIS).status_code == 200
     check_error(predict(server, {"model_id": "killed", "features": [0.0] * 512}), 404, "model_not_found")
 

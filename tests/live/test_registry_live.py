@@ -46,7 +46,7 @@ def test_after_a_delete_no_worker_serves_the_model(live):
     for _ in range(20):
         listed = requests.get(live.url("/models"), headers=CLOSE, timeout=5).json()["models"]
         assert "doomed" not in [m["id"] for m in listed]
-    assert not (live.model_dir / "doomed.onnx").exists() and not (live.model_dir / "doomed.model_info.json").exists()
+    assert not [name for name in files_in(live.model_dir) if name.startswith("doomed")]
 
 
 def test_a_replaced_model_is_never_served_stale(live):
@@ -83,7 +83,7 @@ def test_ten_concurrent_uploads_of_one_id_give_one_201_and_nine_409(live):
     before = set(files_in(live.model_dir))
     statuses = _race(live, [(models.linear(seed=s)[0], "contested") for s in range(10)])
     assert sorted(statuses) == [201] + [409] * 9
-    assert set(files_in(live.model_dir)) - before == {"contested.onnx", "contested.model_info.json"}
+    assert set(files_in(live.model_dir)) - before == {"contested@1.onnx", "contested@1.model_info.json", "contested.routing.json"}
     assert hidden(live.model_dir) == []
     for _ in range(40):
         assert predict(live, "contested", [1, 2, 3, 4]).status_code == 200
@@ -108,7 +108,7 @@ def test_an_upload_cut_off_halfway_leaves_nothing(live):
             break
         threading.Event().wait(0.1)
     assert hidden(live.model_dir) == []
-    assert not (live.model_dir / "cut.onnx").exists()
+    assert not [name for name in files_in(live.model_dir) if name.startswith("cut")]
     assert predict(live, "iris", [5.1, 3.5, 1.4, 0.2]).json()["prediction"] == [0]
 
 
@@ -129,7 +129,7 @@ def test_a_corrupt_sidecar_or_missing_model_does_not_stop_the_start(make_server,
     first.stop()
     (directory / "garbled.model_info.json").write_text("{not json")
     (directory / "garbled.onnx").write_bytes(models.identity())
-    (directory / "orphaned.onnx").unlink()  # sidecar without its model
+    (directory / "orphaned@1.onnx").unlink()  # sidecar without its model
     server = make_server(model_dir=directory, workers=2)
     assert requests.get(server.url("/health/ready"), timeout=5).status_code == 200
     assert predict(server, "iris", [5.1, 3.5, 1.4, 0.2]).status_code == 200

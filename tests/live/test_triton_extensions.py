@@ -61,7 +61,7 @@ def per_worker(metrics_dir: Path, scratch: Path, model_id: str) -> dict[int, flo
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(alone))
         counts[int(path.stem.split("_")[1])] = registry.get_sample_value(
-            "model_predictions_total", {"model_id": model_id, "status": "success"}) or 0.0
+            "model_predictions_total", {"model_id": model_id, "version": "v1.0.0", "status": "success"}) or 0.0
     return counts
 
 
