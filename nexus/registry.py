@@ -121,6 +121,12 @@ class Entry:
         return self.plan.routing
 
 
+def _without(found: Routing, version: str) -> Routing:
+    """The routing with ``version`` left out (named with weight 0, it gets no traffic)."""
+    return Routing(found.default, {v: w for v, w in found.canary.items() if v != version},
+                   {v: w for v, w in found.shadow.items() if v != version})
+
+
 class _Busy(Exception):
     """Another writer holds the model's claim (it is checking or writing it); try again later."""
 
@@ -650,12 +656,13 @@ class Registry:
             if len(stored) == 1:
                 raise VersionInUse(f"version '{version}' is the only version of model '{model_id}'; "
                                    f"DELETE /models/{model_id} removes the model")
-            if plan.default == version or current.names(version):
-                role = "the default" if plan.default == version else ("a canary" if version in current.canary else "a shadow")
+            role = "the default" if plan.default == version else "a canary" if current.canary.get(version, 0) > 0 \
+                else "a shadow" if current.shadow.get(version, 0) > 0 else None
+            if role is not None:
                 raise VersionInUse(f"version '{version}' of model '{model_id}' gets traffic as {role}; "
                                    f"move it away first with PUT /models/{model_id}/routing")
             key = stored[version][0]
-            self.store.remove(key, current.document())
+            self.store.remove(key, _without(current, version).document())
         self._swap(lambda models: models.pop(key, None))
         log.info("model version deleted", extra={"model_id": model_id, "version": version})
 

@@ -99,12 +99,23 @@ def compare(expected: Any, got: Any) -> tuple[bool, float | None]:
         return False, None
     if a.dtype.kind not in "biufc" or b.dtype.kind not in "biufc":
         return bool(np.array_equal(a, b)), None
-    difference = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if a.size else 0.0
+    difference = _largest_difference(a, b)
     if a.dtype.kind in "fc" and a.ndim >= 2 and a.shape[-1] > 1:
         return bool(np.array_equal(np.argmax(a, axis=-1), np.argmax(b, axis=-1))), difference
     if a.dtype.kind in "fc":
         return bool(np.allclose(a, b, rtol=RTOL, atol=ATOL, equal_nan=True)), difference
     return bool(np.array_equal(a, b)), difference
+
+
+def _largest_difference(a: np.ndarray, b: np.ndarray) -> float | None:
+    """The largest absolute difference, where equal values (NaN with NaN, inf with inf) differ by 0; None if infinite."""
+    if not a.size:
+        return 0.0
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    same = (x == y) | (np.isnan(x) & np.isnan(y))
+    with np.errstate(invalid="ignore"):
+        largest = float(np.max(np.where(same, 0.0, np.abs(x - y))))
+    return largest if np.isfinite(largest) else None
 
 
 def _top(scores: Any) -> Any:
