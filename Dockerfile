@@ -27,7 +27,8 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY wsgi.py gunicorn.conf.py ./
 COPY --chown=nexus:nexus models /models
 USER nexus
-EXPOSE 8080
+# 8080: HTTP (REST, V2, metrics, console); 8081: gRPC (NEXUS_GRPC_PORT)
+EXPOSE 8080 8081
 VOLUME ["/models"]
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('PORT', '8080'), timeout=2)"

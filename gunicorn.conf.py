@@ -108,10 +108,18 @@ def _loopback(address):
 
 
 def post_worker_init(worker):
-    """Load the models in each worker after the fork, so no onnxruntime session crosses it."""
+    """Load the models and serve gRPC in each worker after the fork, so no onnxruntime session or gRPC
+    object crosses it."""
     from nexus import start_worker
 
     start_worker(worker.wsgi)
+
+
+def worker_exit(server, worker):
+    """Drain the worker's gRPC calls within what is left of the same grace period HTTP requests get."""
+    from nexus import stop_worker
+
+    stop_worker(max(1, graceful_timeout - 2))
 
 
 def on_exit(server):

@@ -68,6 +68,22 @@ def hot_routes() -> dict:
     return {"predict.predict": predict.handle, "v2.infer": v2.handle_infer}
 
 
+_grpc = None  # this worker's gRPC server, if it runs one
+
+
 def start_worker(app: Flask) -> None:
-    """Start loading the model directory in a background thread of this process (after the fork)."""
-    app.extensions["nexus"].registry.start()
+    """In a gunicorn worker, after the fork: start loading the model directory in a background thread,
+    and serve gRPC beside HTTP (NEXUS_GRPC_PORT)."""
+    global _grpc
+    state = app.extensions["nexus"]
+    state.registry.start()
+    if state.settings.grpc_port:
+        from nexus.rpc import server
+
+        _grpc = server.start(state)
+
+
+def stop_worker(grace_s: float) -> None:
+    """When the worker exits: let gRPC calls in flight finish for up to ``grace_s``."""
+    if _grpc is not None:
+        _grpc.stop(grace_s)

@@ -36,6 +36,9 @@ class Settings:
     inference_timeout_s: float = 30
     max_inference_memory_mb: float = 1024
     load_wait_s: float = 5
+    grpc_port: int = 8081  # 0: no gRPC
+    grpc_max_message_mb: float = 64
+    grpc_threads: int = 8
 
     @property
     def max_upload_bytes(self) -> int:
@@ -92,6 +95,13 @@ def _port(raw: str) -> int:
     return value
 
 
+def _port_or_off(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value < 65536:
+        raise ValueError("must be a port number from 1 to 65535, or 0 for none")
+    return value
+
+
 def _host(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must be an address such as 127.0.0.1 or 0.0.0.0")
@@ -127,6 +137,9 @@ _ENV = {
     "NEXUS_INFERENCE_TIMEOUT_S": ("inference_timeout_s", _positive_number),
     "NEXUS_MAX_INFERENCE_MEMORY_MB": ("max_inference_memory_mb", _positive_number),
     "NEXUS_LOAD_WAIT_S": ("load_wait_s", _positive_number),
+    "NEXUS_GRPC_PORT": ("grpc_port", _port_or_off),
+    "NEXUS_GRPC_MAX_MESSAGE_MB": ("grpc_max_message_mb", _positive_number),
+    "NEXUS_GRPC_THREADS": ("grpc_threads", _positive_int),
 }
 
 

@@ -19,6 +19,7 @@ from flask import Flask, Request, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from nexus.errors import ApiError, BadInput, TooLarge, UnsupportedMediaType
+from nexus.inference import pinned_and_key
 
 log = logging.getLogger("nexus.errors")
 
@@ -79,25 +80,18 @@ def request_id_of(environ: dict[str, Any]) -> str:
 
 VERSION_HEADER = "X-Model-Version"  # pins a version on a request; names the version that answered on a response
 ROUTING_KEY_HEADER = "X-Routing-Key"  # requests with the same key get the same version under a given routing
-MAX_ROUTING_KEY = 256
 
 
 def version_and_key(environ: dict[str, Any], version: object = None, key: object = None) -> tuple[str | None, str | None]:
     """Return the version a request pins and its routing key: from its body (``version``, ``key``) or its headers.
 
-    A value in the body wins over the header.
+    A value in the body wins over the header; an empty header counts as none.
     """
     if version is None:
-        version = environ.get("HTTP_X_MODEL_VERSION")
-    elif not isinstance(version, str) or not version:
-        raise BadInput("field 'version' must be a non-empty string: the version to answer with")
+        version = environ.get("HTTP_X_MODEL_VERSION") or None
     if key is None:
-        key = environ.get("HTTP_X_ROUTING_KEY")
-    elif not isinstance(key, str) or not key:
-        raise BadInput("field 'routing_key' must be a non-empty string")
-    if key is not None and len(key) > MAX_ROUTING_KEY:
-        raise BadInput(f"the routing key is {len(key)} characters long; the limit is {MAX_ROUTING_KEY}")
-    return version or None, key or None
+        key = environ.get("HTTP_X_ROUTING_KEY") or None
+    return pinned_and_key(version, key)
 
 
 def current_request_id() -> str | None:

@@ -42,6 +42,7 @@ from nexus.errors import (
     ModelNotFound,
     ModelUnavailable,
     ModelUnloaded,
+    NotReady,
     StorageUnavailable,
     VersionExists,
     VersionInUse,
@@ -227,6 +228,14 @@ class Registry:
             models = self._models
         return [models[key] for entry in entries for key in entry.keys.values() if key in models]
 
+    def versions_of(self, model_id: str, version: str | None = None) -> list[Model]:
+        """Return ``version`` of the model, or (None) every version this worker has loaded; raise if there is none."""
+        entry = self.entry(model_id)
+        if version is not None:
+            return [self.version(entry, version)]
+        loaded = [model for key in entry.keys.values() if (model := self._models.get(key)) is not None]
+        return loaded or [self.version(entry, None)]  # none loaded: the default's error says why
+
     def defaults(self) -> list[tuple[Entry, Model]]:
         """Return each model whose default version is loaded, with that version (waiting like ``entries``)."""
         entries = self.entries()
@@ -234,6 +243,13 @@ class Registry:
             models = self._models
         found = ((entry, models.get(entry.keys.get(entry.plan.default, ""))) for entry in entries)
         return [(entry, model) for entry, model in found if model is not None]
+
+    def check_ready(self) -> None:
+        """Raise NotReady unless this worker has loaded the model directory and can still read it."""
+        if not self.synced_once:
+            raise NotReady("this worker has not loaded the model directory yet")
+        if not os.access(self.store.directory, os.R_OK | os.X_OK):
+            raise NotReady(f"model directory '{self.store.directory}' is not readable")
 
     def count(self) -> int:
         """Return how many models this worker serves or is loading, in step with the directory; never waits."""

@@ -269,6 +269,40 @@ def decode_v2(name: str, datatype: str, shape: list[int], data: Any, declared: t
     return array
 
 
+def check_datatype(name: str, given: object, dtype: DType) -> None:
+    """Raise BadInput unless a V2 input's ``datatype`` is the one the model declares."""
+    if given != dtype.v2:
+        raise BadInput(f"input '{name}' is {dtype.v2} in the model, got datatype {given!r}")
+
+
+def decode_values(name: str, datatype: str, shape: list[int], values: Any, declared: tuple[int, ...]) -> np.ndarray:
+    """Decode an input given as a flat sequence of typed values (gRPC's ``contents``): exactly ``shape``'s
+    element count, each within the datatype's range; BYTES as UTF-8 bytes."""
+    dtype = _v2_dtype(name, datatype)
+    count = element_count(name, shape)
+    if len(values) != count:
+        raise BadInput(f"input '{name}': shape {shape_text(shape)} needs {count} values, got {len(values)}")
+    if dtype.v2 == "BYTES":
+        try:
+            array = np.array([bytes(v).decode("utf-8") for v in values] or [], dtype=object)
+        except UnicodeDecodeError:
+            raise BadInput(f"input '{name}': BYTES elements must be UTF-8 text") from None
+    elif dtype.numpy.kind in "iu":
+        limits = np.iinfo(dtype.numpy)
+        try:
+            wide = np.array(values, dtype=np.uint64 if dtype.v2 == "UINT64" else np.int64)
+        except OverflowError:
+            wide = None
+        if wide is None or (wide.size and (wide.min() < limits.min or wide.max() > limits.max)):
+            raise BadInput(f"input '{name}': values must be {datatype} integers from {limits.min} to {limits.max}")
+        array = wide.astype(dtype.numpy)
+    else:
+        array = np.array(values, dtype=dtype.numpy)
+    array = array.reshape(shape)
+    check_shape(name, array.shape, declared)
+    return array
+
+
 def decode_v2_binary(name: str, datatype: str, shape: list[int], raw: memoryview, declared: tuple[int, ...]) -> np.ndarray:
     """Decode a V2 binary input: little-endian values, or 4-byte length-prefixed UTF-8 for BYTES."""
     dtype = _v2_dtype(name, datatype)

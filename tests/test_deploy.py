@@ -62,7 +62,7 @@ def test_dockerfile_healthcheck_probes_a_real_route(app, dockerfile):
     path = re.search(r"https?://[^/'\"]+(/[\w/.-]*)", check).group(1)
     assert path in _routes(app)
     exposed = [args for word, args in dockerfile if word == "EXPOSE"]
-    assert exposed == ["8080"]
+    assert exposed == ["8080 8081"]  # HTTP, gRPC
     assert any(word == "VOLUME" and "/models" in args for word, args in dockerfile)
 
 
@@ -101,8 +101,9 @@ def test_deployment_probes_name_real_routes_and_the_container_port(app, manifest
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert ports["http"] == int(env["PORT"]) == 8080
-    probes = {name: container[name]["httpGet"] for name in ("startupProbe", "readinessProbe", "livenessProbe")}
-    assert probes["livenessProbe"]["path"] == "/health/live"
+    assert ports["grpc"] == int(env["NEXUS_GRPC_PORT"]) == 8081
+    assert container["livenessProbe"]["grpc"] == {"port": ports["grpc"], "service": ""}  # the process serves gRPC
+    probes = {name: container[name]["httpGet"] for name in ("startupProbe", "readinessProbe")}
     assert probes["readinessProbe"]["path"] == probes["startupProbe"]["path"] == "/health/ready"
     for probe in probes.values():
         assert probe["path"] in _routes(app)
@@ -128,9 +129,9 @@ def test_pvc_is_read_write_many_and_matches_the_deployment(manifests):
     assert claim == pvc["metadata"]["name"]
 
 
-def test_service_targets_the_http_port_and_is_scraped_by_prometheus(app, manifests):
+def test_service_targets_the_http_and_grpc_ports_and_is_scraped_by_prometheus(app, manifests):
     service = _kind(manifests, "Service")
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http", "grpc"]
     deployment = _kind(manifests, "Deployment")
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"

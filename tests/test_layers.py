@@ -1,6 +1,7 @@
 """The arrows point one way: protocols -> inference layer -> registry -> store/runtime -> tensors.
 
-Only the protocol layers (nexus.api, nexus.http, the middleware, the /metrics exporter) know Flask.
+Only the protocol layers (nexus.api, nexus.http, the middleware, the /metrics exporter, and
+nexus.rpc, which shares nexus.http's request ids) know Flask; only nexus.rpc knows gRPC.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 
 BELOW_THE_PROTOCOLS = ["nexus.inference", "nexus.registry", "nexus.sandbox", "nexus.store", "nexus.runtime",
                        "nexus.tensors", "nexus.errors", "nexus.config", "nexus.clock", "nexus.onnx_scan",
-                       "nexus.observability.metrics"]
+                       "nexus.observability.metrics", "nexus.routing", "nexus.shadow", "nexus.oip", "nexus.auth"]
 
 
 def imported_by(modules: list[str]) -> set[str]:
@@ -20,8 +21,13 @@ def imported_by(modules: list[str]) -> set[str]:
     return set(done.stdout.split())
 
 
-def test_nothing_below_the_protocols_imports_flask_or_werkzeug():
-    assert not imported_by(BELOW_THE_PROTOCOLS) & {"flask", "werkzeug", "prometheus_flask_exporter"}
+def test_nothing_below_the_protocols_imports_flask_werkzeug_or_grpc():
+    assert not imported_by(BELOW_THE_PROTOCOLS) & {"flask", "werkzeug", "prometheus_flask_exporter", "grpc"}
+
+
+def test_the_http_app_does_not_import_grpc():
+    """gRPC is started in each worker after the fork, never imported where it could cross one."""
+    assert "grpc" not in imported_by(["nexus.api", "nexus.middleware", "nexus.http"])
 
 
 def test_the_package_and_the_sandbox_import_neither_flask_nor_onnxruntime():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper
@@ -16,6 +18,7 @@ from nexus.tensors import (
     decode_features,
     decode_v2,
     decode_v2_binary,
+    decode_values,
     encode_output,
     encode_v2,
     flatten_output,
@@ -263,3 +266,36 @@ def test_v2_outputs_encode_as_json_or_binary_alike_and_a_zipmap_becomes_a_matrix
     assert zipmap["datatype"] == "FP32" and zipmap["shape"] == [1, 2] and zipmap["parameters"] == {"keys": [0, 1]}
     scalar, _ = encode_v2("S", "tensor(float)", np.array(3.5, np.float32), binary=False)
     assert scalar["shape"] == [] and scalar["data"] == [3.5]
+
+
+# -- typed values (gRPC's contents) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("datatype", "values", "expected"), [
+    ("FP32", [1.5, -2.0], np.array([[1.5, -2.0]], np.float32)),
+    ("INT8", [-128, 127], np.array([[-128, 127]], np.int8)),
+    ("UINT16", [0, 65535], np.array([[0, 65535]], np.uint16)),
+    ("INT64", [2**62, -(2**62)], np.array([[2**62, -(2**62)]], np.int64)),
+    ("BOOL", [True, False], np.array([[True, False]])),
+    ("BYTES", [b"caf\xc3\xa9", b""], np.array([["café", ""]], dtype=object)),
+])
+def test_typed_values_decode_to_the_datatype(datatype, values, expected):
+    array = decode_values("x", datatype, [1, 2], values, (-1, 2))
+    assert array.dtype == expected.dtype and array.tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize(("datatype", "values", "words"), [
+    ("FP32", [1.0, 2.0, 3.0], "shape [1, 2] needs 2 values, got 3"),
+    ("INT8", [1, 128], "INT8 integers from -128 to 127"),
+    ("UINT8", [-1, 0], "UINT8 integers from 0 to 255"),
+    ("BYTES", [b"\xff", b"a"], "UTF-8"),
+    ("BF16", [1.0, 2.0], "unsupported datatype 'BF16'"),
+])
+def test_typed_values_that_do_not_fit_are_refused_with_the_reason(datatype, values, words):
+    with pytest.raises(BadInput, match=re.escape(words)):
+        decode_values("x", datatype, [1, 2], values, (-1, 2))
+
+
+def test_typed_values_are_held_to_the_declared_shape():
+    with pytest.raises(BadInput, match="input 'x'"):
+        decode_values("x", "FP32", [2, 1], [1.0, 2.0], (-1, 2))

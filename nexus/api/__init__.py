@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hmac
-
 from flask import Flask, current_app, request
 
-from nexus.errors import BadInput, Unauthorized
+from nexus import auth
+from nexus.errors import BadInput
 
 
 def nexus():
@@ -14,28 +13,17 @@ def nexus():
     return current_app.extensions["nexus"]
 
 
-def check_token(settings, environ: dict) -> None:
-    """Raise Unauthorized unless the request carries the configured API token (if one is set)."""
-    token = settings.api_token
-    if token is None:
-        return
-    scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise Unauthorized()
-
-
 def check_predict_token(settings, environ: dict) -> None:
-    """Apply the token to reads and predictions too when NEXUS_PROTECT_PREDICT is on."""
-    if settings.protect_predict:
-        check_token(settings, environ)
+    """Apply the token to a hot route's request when NEXUS_PROTECT_PREDICT is on."""
+    auth.check_predict_token(settings, environ.get("HTTP_AUTHORIZATION"))
 
 
 def require_token() -> None:
-    check_token(nexus().settings, request.environ)
+    auth.check_token(nexus().settings, request.headers.get("Authorization"))
 
 
 def require_predict_token() -> None:
-    check_predict_token(nexus().settings, request.environ)
+    auth.check_predict_token(nexus().settings, request.headers.get("Authorization"))
 
 
 def text_field(source, name: str, max_length: int) -> str:

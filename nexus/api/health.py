@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from flask import Blueprint
 
 from nexus import __version__
 from nexus.api import nexus
-from nexus.errors import NotReady
 from nexus.clock import utc_now
 from nexus.http import json_response
 
@@ -37,8 +34,4 @@ def ready():
 
 def check_ready() -> None:
     """Raise NotReady unless this worker has loaded the model directory and can still read it."""
-    current = nexus()
-    if not current.registry.synced_once:
-        raise NotReady("this worker has not loaded the model directory yet")
-    if not os.access(current.store.directory, os.R_OK | os.X_OK):
-        raise NotReady(f"model directory '{current.store.directory}' is not readable")
+    nexus().registry.check_ready()

@@ -9,27 +9,23 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, request
 
-from nexus import __version__
+from nexus import oip
 from nexus.api import check_predict_token, nexus, require_predict_token, require_token
 from nexus.api.health import check_ready
 from nexus.errors import BadInput
 from nexus.http import CALL_ENVIRON, Reply, dumps, json_response, parse_json_object, read_body, version_and_key
 from nexus import inference
 from nexus.inference import Call, InferenceRequest, InferenceResponse, Input
-from nexus.tensors import decode_v2, decode_v2_binary, encode_v2, v2_datatype
+from nexus.tensors import check_datatype, decode_v2, decode_v2_binary, encode_v2
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-# "statistics" is served too (nexus/api/triton.py) but not advertised: perf_analyzer, seeing it, reads
-# model versions as integers and aborts on one like "v1.0.0".
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
-PLATFORM = "onnxruntime_onnx"
 
 
 @bp.get("")
 def server_metadata():
-    return json_response({"name": "model-nexus", "version": __version__, "extensions": EXTENSIONS})
+    return json_response(oip.server_metadata())
 
 
 @bp.get("/health/live")
@@ -47,15 +43,9 @@ def server_ready():
 @bp.get("/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None):
     require_predict_token()
-    entry = nexus().registry.entry(name)
-    model = nexus().registry.version(entry, version)
-    return json_response({
-        "name": model.id,
-        "versions": entry.versions,
-        "platform": PLATFORM,
-        "inputs": [_tensor_metadata(spec) for spec in model.inputs],
-        "outputs": [_tensor_metadata(spec) for spec in model.outputs],
-    })
+    registry = nexus().registry
+    entry = registry.entry(name)
+    return json_response(oip.model_metadata(entry, registry.version(entry, version)))
 
 
 @bp.get("/models/<name>/ready")
@@ -116,15 +106,6 @@ def repository_unload(name: str, version: str | None = None):
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def metadata_shape(spec) -> list[int]:
-    """The shape V2 reports for a tensor: its declared one, or [-1, -1] for a map or sequence (a ZipMap)."""
-    return list(spec.shape) if spec.dtype is not None else [-1, -1]
-
-
-def _tensor_metadata(spec) -> dict[str, Any]:
-    return {"name": spec.name, "datatype": v2_datatype(spec.type) or spec.type, "shape": metadata_shape(spec)}
-
-
 def _read_request(environ: dict[str, Any], limit: int) -> tuple[dict[str, Any], memoryview]:
     """Split the body into its JSON header and the binary tensor data after it (if any)."""
     data = read_body(environ, limit)
@@ -175,8 +156,7 @@ def _decoder(tensor: dict[str, Any], raw: memoryview | None):
     """Decode one V2 input once the model's type is known; its datatype must be that type."""
 
     def decode(name: str, dtype, declared: tuple[int, ...]) -> np.ndarray:
-        if tensor.get("datatype") != dtype.v2:
-            raise BadInput(f"input '{name}' is {dtype.v2} in the model, got datatype {tensor.get('datatype')!r}")
+        check_datatype(name, tensor.get("datatype"), dtype)
         if raw is not None:
             return decode_v2_binary(name, dtype.v2, tensor.get("shape"), raw, declared)
         return decode_v2(name, dtype.v2, tensor.get("shape"), tensor["data"], declared)

@@ -82,6 +82,17 @@ def prediction_done(model_id: str, version: str, outcome: str, seconds: float) -
             _child(LAST_PREDICTION, model_id, version).set(now)
 
 
+# -- gRPC (nexus/rpc) ------------------------------------------------------------------------------
+
+GRPC_REQUESTS = Counter("grpc_requests_total", "gRPC calls by method and status code.", ["method", "code"])
+GRPC_DURATION = Histogram("grpc_request_duration_seconds", "gRPC call latency by method.", ["method"], buckets=_LATENCY_BUCKETS)
+
+
+def observe_rpc(method: str, code: str, seconds: float) -> None:
+    _child(GRPC_REQUESTS, method, code).inc()
+    _child(GRPC_DURATION, method).observe(seconds)
+
+
 # -- shadow versions (nexus/shadow.py) ------------------------------------------------------------
 
 SHADOW_RUNS = Counter(

@@ -35,6 +35,9 @@ class LiveServer:
         self.env = env or {}
         self.args = args or []
         self.port = port or free_port()
+        # Each server its own gRPC port: workers bind it with SO_REUSEPORT, so two test servers on one
+        # port would share their calls.
+        self.grpc_port = int(self.env.get("NEXUS_GRPC_PORT") or free_port())
         self.host = host  # the address bound; requests always go to loopback
         self.proc: subprocess.Popen | None = None
         self.stdout_path = self.log_dir / f"server-{self.port}.out"
@@ -43,10 +46,14 @@ class LiveServer:
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
     def start(self, timeout: float = 30) -> LiveServer:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "NEXUS_MODEL_DIR": str(self.model_dir), "WEB_CONCURRENCY": str(self.workers),
-               "NEXUS_ORT_THREADS": "1", **self.env}
+               "NEXUS_ORT_THREADS": "1", "NEXUS_GRPC_PORT": str(self.grpc_port), **self.env}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None) if "PROMETHEUS_MULTIPROC_DIR" not in self.env else None
         command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"{self.host}:{self.port}",
                    "--workers", str(self.workers), *self.args, "wsgi:app"]
