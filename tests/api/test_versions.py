@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
+from nexus import create_app
 from nexus.routing import bucket
 from tests import models
 from tests.conftest import TOKEN, assert_error, files_in, metric, upload
@@ -68,21 +69,39 @@ def files(model_id: str, *versions: str) -> list[str]:
     return sorted([f"{model_id}.routing.json"] + [f"{model_id}@{v}{s}" for v in versions for s in (".model_info.json", ".onnx")])
 
 
+@pytest.fixture(scope="module")
+def uploaded(tmp_path_factory) -> dict[int, Path]:
+    """Model 'm' uploaded through the API once per module in versions v1, v2 (and v3), in that order:
+    the directory after two uploads and after three. Tests copy the files (their sidecars carry the
+    load checks, so loading a copy needs no sandbox)."""
+    directories = {}
+    for count in (2, 3):
+        directory = tmp_path_factory.mktemp(f"versions{count}") / "models"
+        directory.mkdir()
+        client = create_app({"model_dir": directory, "ort_threads": 1}).test_client()
+        for version in list(VERSIONS)[:count]:
+            response = upload(client, VERSIONS[version][0], "m", name=f"Linear {version}", version=version)
+            assert response.status_code == 201, response.get_json()
+        directories[count] = directory
+    return directories
+
+
+def _copied(source: Path, model_dir: Path, client):
+    for path in source.iterdir():
+        shutil.copy2(path, model_dir / path.name)
+    return client
+
+
 @pytest.fixture
-def three(client, model_dir):
+def three(client, model_dir, uploaded):
     """Model 'm' in versions v1, v2, v3 (uploaded in that order)."""
-    for version, (data, _) in VERSIONS.items():
-        response = upload(client, data, "m", name=f"Linear {version}", version=version)
-        assert response.status_code == 201, response.get_json()
-    return client
+    return _copied(uploaded[3], model_dir, client)
 
 
 @pytest.fixture
-def two(client, model_dir):
+def two(client, model_dir, uploaded):
     """Model 'm' in versions v1, v2."""
-    for version in ("v1", "v2"):
-        assert upload(client, VERSIONS[version][0], "m", name=f"Linear {version}", version=version).status_code == 201
-    return client
+    return _copied(uploaded[2], model_dir, client)
 
 
 # -- upload ---------------------------------------------------------------------------------------
