@@ -116,10 +116,26 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """Drain the worker's gRPC calls within what is left of the same grace period HTTP requests get."""
+    """Drain the worker's gRPC calls within what is left of the same grace period HTTP requests get,
+    then end the worker without the interpreter's teardown.
+
+    onnxruntime's static objects join their threads from the C exit handlers, after Python has
+    finalized, which aborts the process (SIGABRT, "std::system_error: Invalid argument" on
+    stderr). Every request is answered and every log line and metric written by now (the
+    metrics live in shared memory-mapped files), so a worker that booted and was told to stop
+    flushes its streams and leaves with os._exit; one that failed to boot keeps its exit code.
+    """
     from nexus import stop_worker
 
     stop_worker(max(1, graceful_timeout - 2))
+    if worker.booted and not worker.alive:
+        import logging
+        import sys
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def on_exit(server):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = [helper.make_opsetid("", 17)]
@@ -181,3 +184,16 @@ def tfidf_classifier(locale: str | None = None) -> bytes:
     model = to_onnx(pipeline, initial_types=[("text", StringTensorType([None, 1]))], options=options,
                     target_opset={"": 15, "ai.onnx.ml": 3})
     return model.SerializeToString()
+
+
+def slow_iterations(seconds: float) -> int:
+    """How many loop iterations of slow_loop() take about ``seconds`` on this machine."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(slow_loop(), options, providers=["CPUExecutionProvider"])
+    timings = []
+    for _ in range(3):  # the fastest of three: a busy machine makes a run slower, never faster
+        started = time.perf_counter()
+        session.run(None, {"N": np.array([400], np.int64)})
+        timings.append((time.perf_counter() - started) / 400)
+    return max(1, int(seconds / min(timings)))

@@ -19,7 +19,8 @@ import orjson
 from google.protobuf import json_format
 
 from nexus import auth, inference, oip
-from nexus.errors import ApiError, BadInput
+from nexus.config import MB
+from nexus.errors import ApiError, BadInput, ModelNotFound, TooLarge
 from nexus.http import REQUEST_ID_ENVIRON, new_request_id, serving, valid_request_id
 from nexus.inference import Call, InferenceRequest, Input
 from nexus.observability import metrics
@@ -117,8 +118,13 @@ class Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     def ModelReady(self, request, metadata, call):
+        """Ready or not, as Triton answers: a model (or version) that cannot serve is ``ready: false``;
+        only a worker that cannot serve at all (its directory missing, say) is UNAVAILABLE."""
         self._reader(metadata)
-        self.registry.get(request.name, request.version or None)  # raises when it cannot serve
+        try:
+            self.registry.get(request.name, request.version or None)
+        except ModelNotFound:
+            return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
     @_rpc
@@ -150,6 +156,10 @@ class Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             if keys is not None:  # a ZipMap's class labels, in column order, as a JSON list
                 output.parameters["keys"].string_param = orjson.dumps(keys).decode()
             response.raw_output_contents.append(payload)
+        size, limit = response.ByteSize(), self.state.settings.grpc_max_message_mb * MB
+        if size > limit:  # refused here, not by gRPC after the call, so the log and metrics say so
+            raise TooLarge(f"the answer is {size / MB:.4g} MB, over the gRPC message limit of {limit / MB:g} MB "
+                           "(NEXUS_GRPC_MAX_MESSAGE_MB); ask for fewer samples or outputs")
         call.finish()
         return response
 

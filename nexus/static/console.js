@@ -2,7 +2,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let current = null; // the model shown in the panel
+let current = null; // the model shown in the panel: the details of one of its versions
+let versionsView = null; // GET /models/<id>/versions of that model: its versions, routing and shares
+let versionToDelete = null; // the version the "Delete version?" dialog asks about
 
 function authHeaders() {
   const token = $("token").value.trim();
@@ -62,8 +64,10 @@ async function explain(response) {
 function clearMessages() {
   $("models-error").hidden = true;
   $("models-error").textContent = "";
-  $("upload-message").className = "";
-  $("upload-message").textContent = "";
+  for (const id of ["upload-message", "versions-message", "routing-message"]) {
+    $(id).className = "";
+    $(id).textContent = "";
+  }
   if ($("response-meta").className === "error") {
     $("response-meta").className = "muted";
     $("response-meta").textContent = "";
@@ -86,13 +90,30 @@ function cell(row, text) {
   row.appendChild(td);
 }
 
-// A cell for a name or a type (output_probability, seq(map(int64,tensor(float)))) that may wrap after _ . - ( ,
-// at narrow widths rather than in the middle of a word.
+// Text (a name, a type, a version) that may wrap after _ . - + ( , at narrow widths rather than in the middle of a word.
+function appendBreakable(element, text) {
+  const parts = text.split(/(?<=[_.\-+(,])/);
+  parts.forEach((part, i) => element.append(part, ...(i < parts.length - 1 ? [document.createElement("wbr")] : [])));
+}
+
+// A cell for a name or a type (output_probability, seq(map(int64,tensor(float)))).
 function breakableCell(row, text) {
   const td = document.createElement("td");
-  const parts = text.split(/(?<=[_.\-(,])/);
-  parts.forEach((part, i) => td.append(part, ...(i < parts.length - 1 ? [document.createElement("wbr")] : [])));
+  appendBreakable(td, text);
   row.appendChild(td);
+  return td;
+}
+
+function option(value, text) {
+  const element = document.createElement("option");
+  element.value = value;
+  element.textContent = text;
+  return element;
+}
+
+// A share of traffic as the server states it (percent, to 0.01): 90%, 33.33%.
+function percent(value) {
+  return `${Number((Number(value) || 0).toFixed(2))}%`;
 }
 
 async function refreshStatus() {
@@ -138,7 +159,13 @@ async function refreshModels() {
     row.setAttribute("aria-selected", String(current !== null && current.id === model.id));
     breakableCell(row, model.id);
     cell(row, model.name);
-    cell(row, model.version);
+    const version = breakableCell(row, model.version);
+    if (Array.isArray(model.versions) && model.versions.length > 1) {
+      const count = document.createElement("span");
+      count.className = "muted";
+      count.textContent = ` (${model.versions.length} versions)`;
+      version.append(count);
+    }
     cell(row, model.size_bytes === undefined ? "" : formatSize(model.size_bytes));
     cell(row, formatTime(model.created_at));
     row.addEventListener("click", () => {
@@ -243,32 +270,357 @@ function updateCurl() {
   $("curl").value = `curl -X POST ${window.location.origin}/predict \\\n  -H 'Content-Type: application/json'${auth} \\\n  -d '${body}'`;
 }
 
-async function openModel(id) {
-  const response = await fetch(`/models/${encodeURIComponent(id)}`, { headers: authHeaders(), cache: "no-store" });
-  if (!response.ok) {
-    $("models-error").textContent = await explain(response);
-    $("models-error").hidden = false;
-    return;
-  }
-  current = await response.json();
-  for (const row of $("models").querySelectorAll("tbody tr")) row.setAttribute("aria-selected", String(row.dataset.id === id));
-  $("panel").hidden = false;
+function modelPath(id, ...rest) {
+  return ["/models", id, ...rest].map((part, i) => (i === 0 ? part : encodeURIComponent(part))).join("/");
+}
+
+// The title, the line under it and the inputs and outputs: of the version shown (the default, or the one chosen to answer).
+function showDetails() {
   $("panel-title").textContent = `${current.name} (${current.id})`;
-  $("panel-meta").textContent = `version ${current.version} · ${formatSize(current.size_bytes)} · created ${formatTime(current.created_at)}`
+  const role = versionsView && versionsView.versions.length > 1 && current.version === versionsView.default ? " (the default)" : "";
+  $("panel-meta").textContent = `version ${current.version}${role} · ${formatSize(current.size_bytes)} · created ${formatTime(current.created_at)}`
     + ` · sha256 ${current.sha256.slice(0, 12)}…`;
   fillTable("inputs", current.inputs);
   fillTable("outputs", current.outputs);
+}
+
+// The example request for the version shown, with the version chosen to answer ("" : none, the routing chooses).
+function fillExample(version) {
   const example = exampleRequest(current);
+  if (version) example.request.version = version;
   $("request").value = compactJson(example.request);
   $("request-note").hidden = example.notes.length === 0;
   $("request-note").textContent = example.notes.length === 0 ? ""
     : `${example.notes.join("; ")}: too many to prefill (the console writes at most ${PREFILL_LIMIT.toLocaleString("en-US")} `
       + "values an input). Put the values in place of [], or send the request with curl.";
+  updateCurl();
+}
+
+async function openModel(id) {
+  const [response, versions] = await Promise.all([
+    fetch(modelPath(id), { headers: authHeaders(), cache: "no-store" }),
+    fetch(modelPath(id, "versions"), { headers: authHeaders(), cache: "no-store" }).catch(() => null),
+  ]);
+  if (!response.ok) {
+    $("models-error").textContent = await explain(response);
+    $("models-error").hidden = false;
+    return;
+  }
+  const model = await response.json();
+  const view = versions && versions.ok ? await versions.json().catch(() => null) : null;
+  // Everything read: the panel changes at once, never half one model and half another.
+  current = model;
+  versionsView = null;
+  for (const row of $("models").querySelectorAll("tbody tr")) row.setAttribute("aria-selected", String(row.dataset.id === id));
+  $("predict-version").value = "";
+  if (view) {
+    renderVersions(view);
+  } else {
+    $("versions-box").hidden = true;
+    $("predict-version").replaceChildren(option("", "routed (the routing chooses the version)"));
+  }
+  showDetails();
+  $("panel").hidden = false;
+  fillExample("");
   $("response").textContent = "";
   $("response-meta").className = "muted";
   $("response-meta").textContent = "";
-  updateCurl();
   $("predict").focus();
+}
+
+// -- versions and routing ------------------------------------------------------------------------
+
+// The versions table, the routing form and the choice of version to predict with, from GET /models/<id>/versions.
+function renderVersions(view) {
+  versionsView = view;
+  $("versions-box").hidden = false;
+  const tbody = $("versions").querySelector("tbody");
+  tbody.replaceChildren();
+  for (const version of view.versions) {
+    const row = document.createElement("tr");
+    row.dataset.version = version.version;
+    const name = breakableCell(row, version.version);
+    if (version.version === view.default) {
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = "default";
+      name.append(" ", tag);
+    }
+    row.appendChild(showState(document.createElement("td"), version));
+    cell(row, percent(version.traffic_percent));
+    cell(row, percent(version.shadow_percent));
+    cell(row, formatTime(version.created_at));
+    const actions = document.createElement("td");
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "danger small";
+    remove.textContent = "Delete";
+    remove.setAttribute("aria-label", `Delete version ${version.version}`);
+    remove.addEventListener("click", () => askDeleteVersion(version.version));
+    actions.appendChild(remove);
+    row.appendChild(actions);
+    tbody.appendChild(row);
+  }
+  pollStates(view, STATE_POLLS);
+  fillRouting(view);
+  const select = $("predict-version");
+  const chosen = select.value;
+  select.replaceChildren(option("", `routed (now ${routedWords(view)})`),
+    ...view.versions.map((v) => option(v.version, `${v.version} only (pinned)`)));
+  select.value = view.versions.some((v) => v.version === chosen) ? chosen : "";
+  return chosen !== select.value; // the version chosen is gone
+}
+
+// READY, LOADING or UNAVAILABLE (with the reason): in the worker that answered.
+function showState(td, version) {
+  td.className = `state state-${String(version.state).toLowerCase()}`;
+  td.textContent = version.reason ? `${version.state} (${version.reason})` : version.state;
+  return td;
+}
+
+// A version just uploaded may still be loading in the worker that answered: look again each second, a few
+// times, and update the states (and the dates, known once loaded) only: the rest is the user's to refresh.
+const STATE_POLLS = 10;
+let statePoll = null;
+function pollStates(view, tries, shown = view) {
+  clearTimeout(statePoll);
+  if (tries <= 0 || !view.versions.some((v) => v.state === "LOADING")) return;
+  statePoll = setTimeout(async () => {
+    let fresh;
+    try {
+      const response = await fetch(modelPath(view.model_id, "versions"), { headers: authHeaders(), cache: "no-store" });
+      if (!response.ok) return;
+      fresh = await response.json();
+    } catch (_) {
+      return;
+    }
+    if (versionsView !== shown) return; // another model, or these versions read again since
+    for (const row of $("versions").querySelectorAll("tbody tr")) {
+      const version = fresh.versions.find((v) => v.version === row.dataset.version);
+      if (!version) continue;
+      showState(row.cells[1], version);
+      if (version.created_at) row.cells[4].textContent = formatTime(version.created_at);
+    }
+    pollStates({ ...view, versions: fresh.versions }, tries - 1, shown);
+  }, 1000);
+}
+
+// Who answers routed requests, oldest version first: "v1" or "v1 90%, v2 10%".
+function routedWords(view) {
+  const traffic = view.traffic || {};
+  const names = view.versions.map((v) => (typeof v === "string" ? v : v.version));
+  const shares = names.filter((name) => traffic[name] > 0).map((name) => [name, traffic[name]]);
+  if (shares.length <= 1) return shares.length === 1 ? shares[0][0] : String(view.default);
+  return shares.map(([version, share]) => `${version} ${percent(share)}`).join(", ");
+}
+
+function fillRouting(view) {
+  const names = view.versions.map((v) => v.version);
+  const stored = view.routing || {};
+  $("routing").hidden = names.length < 2;
+  $("routing-single").hidden = names.length >= 2;
+  const select = $("routing-default");
+  select.replaceChildren(option("", `the newest version (${names[names.length - 1]})`), ...names.map((name) => option(name, name)));
+  select.value = names.includes(stored.default) ? stored.default : "";
+  const tbody = $("routing-weights").querySelector("tbody");
+  tbody.replaceChildren();
+  names.forEach((name, i) => {
+    const row = document.createElement("tr");
+    row.dataset.version = name;
+    breakableCell(row, name);
+    for (const kind of ["canary", "shadow"]) {
+      const td = document.createElement("td");
+      const label = document.createElement("label");
+      label.className = "visually-hidden";
+      label.htmlFor = `${kind}-${i}`;
+      label.textContent = `${kind === "canary" ? "Canary" : "Shadow"} percent for version ${name}`;
+      const input = document.createElement("input");
+      input.type = "number";
+      input.id = `${kind}-${i}`;
+      input.min = "0";
+      input.max = "100";
+      input.step = "any";
+      input.inputMode = "decimal";
+      input.placeholder = "0";
+      input.dataset.kind = kind;
+      input.dataset.version = name;
+      const weight = (stored[kind] || {})[name];
+      input.value = weight === undefined || weight === null ? "" : String(weight);
+      td.append(label, input);
+      row.appendChild(td);
+    }
+    tbody.appendChild(row);
+  });
+  syncRoutingInputs();
+}
+
+// The default version takes what the canaries leave: it cannot also be a canary or a shadow.
+function syncRoutingInputs() {
+  const names = versionsView ? versionsView.versions.map((v) => v.version) : [];
+  const resolved = $("routing-default").value || names[names.length - 1];
+  for (const input of $("routing-weights").querySelectorAll("input")) {
+    input.disabled = input.dataset.version === resolved;
+    input.title = input.disabled ? "the default version takes the traffic the canaries leave" : "";
+  }
+}
+
+// Read the versions again (after a change of routing, an upload, a deletion) and show them.
+async function refreshVersions() {
+  if (!current) return;
+  const id = current.id;
+  try {
+    const response = await fetch(modelPath(id, "versions"), { headers: authHeaders(), cache: "no-store" });
+    if (!response.ok) throw new Error(await explain(response));
+    const view = await response.json();
+    if (!current || current.id !== id) return;
+    const gone = renderVersions(view);
+    if (gone) setRequestVersion("");
+    await showVersion($("predict-version").value || view.default);
+  } catch (error) {
+    $("versions-message").className = "error";
+    $("versions-message").textContent = `Could not read the versions: ${error.message}`;
+  }
+}
+
+// Show the details of ``version`` (inputs, outputs) unless they are shown already; a new example request
+// when its inputs differ from those of the version shown before.
+async function showVersion(version) {
+  if (!current || !version || version === current.version) return;
+  const id = current.id;
+  let response;
+  try {
+    response = await fetch(modelPath(id, "versions", version), { headers: authHeaders(), cache: "no-store" });
+  } catch (error) {
+    $("response-meta").className = "error";
+    $("response-meta").textContent = `Version ${version}: the server did not answer: ${error.message}`;
+    return;
+  }
+  if (!response.ok) {
+    const words = await explain(response);
+    $("response-meta").className = "error";
+    $("response-meta").textContent = `Version ${version}: ${words}`;
+    return;
+  }
+  const details = await response.json();
+  if (!current || current.id !== id || !Array.isArray(details.inputs)) return;
+  const sameInputs = JSON.stringify(details.inputs) === JSON.stringify(current.inputs);
+  current = { ...current, ...details };
+  showDetails();
+  if (!sameInputs) fillExample($("predict-version").value);
+}
+
+// Put the version chosen into the request shown ("" takes it out), if the request is a JSON object.
+function setRequestVersion(version) {
+  let body;
+  try {
+    body = JSON.parse($("request").value);
+  } catch (_) {
+    return; // predict() adds it to what the user fixes
+  }
+  if (body === null || typeof body !== "object" || Array.isArray(body)) return;
+  if (version) body.version = version;
+  else delete body.version;
+  $("request").value = compactJson(body);
+  updateCurl();
+}
+
+async function choosePredictVersion() {
+  const chosen = $("predict-version").value;
+  clearMessages();
+  setRequestVersion(chosen);
+  if (versionsView) await showVersion(chosen || versionsView.default);
+}
+
+async function saveRouting(event) {
+  event.preventDefault();
+  if (!current) return;
+  const id = current.id;
+  const message = $("routing-message");
+  clearMessages();
+  const routing = { default: $("routing-default").value || null, canary: {}, shadow: {} };
+  for (const input of $("routing-weights").querySelectorAll("input:not(:disabled)")) {
+    if (input.validity.badInput) {
+      message.className = "error";
+      message.textContent = `${input.labels[0].textContent}: not a number.`;
+      input.focus();
+      return;
+    }
+    const value = input.value.trim();
+    if (value === "" || Number(value) === 0) continue; // no share: left out of the routing
+    routing[input.dataset.kind][input.dataset.version] = Number(value); // the server checks the range and the sum
+  }
+  $("routing-submit").disabled = true;
+  message.className = "muted";
+  message.textContent = "Saving…";
+  try {
+    const response = await fetch(modelPath(id, "routing"), {
+      method: "PUT",
+      headers: { "Content-Type": "application/json", ...authHeaders() },
+      body: JSON.stringify(routing),
+    });
+    if (!response.ok) {
+      const words = await explain(response);
+      message.className = "error";
+      message.textContent = `Refused: ${words}`;
+      return;
+    }
+    const view = await response.json();
+    const shadows = Object.entries(view.shadow || {}).map(([version, share]) => `${version} ${percent(share)}`);
+    message.className = "ok";
+    message.textContent = `Routing saved: ${routedWords(view)} of the traffic${shadows.length ? `; shadow ${shadows.join(", ")}` : ""}.`;
+    await refreshVersions();
+    refreshModels();
+  } catch (error) {
+    message.className = "error";
+    message.textContent = `The server did not answer: ${error.message}`;
+  } finally {
+    $("routing-submit").disabled = false;
+  }
+}
+
+function askDeleteVersion(version) {
+  if (!current) return;
+  versionToDelete = version;
+  $("confirm-version").textContent = version;
+  $("confirm-version-model").textContent = current.id;
+  $("confirm-version-delete").returnValue = "";
+  $("confirm-version-delete").showModal();
+}
+
+async function confirmDeleteVersion() {
+  const version = versionToDelete;
+  versionToDelete = null;
+  if ($("confirm-version-delete").returnValue !== "delete" || !current || version === null) return;
+  const id = current.id;
+  const message = $("versions-message");
+  clearMessages();
+  try {
+    const response = await fetch(modelPath(id, "versions", version), { method: "DELETE", headers: authHeaders() });
+    if (!response.ok) {
+      const words = await explain(response);
+      message.className = "error";
+      message.textContent = `Delete refused: ${words}`;
+      return;
+    }
+  } catch (error) {
+    message.className = "error";
+    message.textContent = `The server did not answer: ${error.message}`;
+    return;
+  }
+  message.className = "ok";
+  message.textContent = `Deleted version ${version} of ${id}.`;
+  await refreshVersions();
+  refreshModels();
+}
+
+// Fill the upload form for a new version of the model shown: the same id and name, a version to type.
+function uploadNewVersion() {
+  if (!current) return;
+  $("upload-id").value = current.id;
+  $("upload-name").value = current.name;
+  $("upload-version").value = "";
+  $("upload-file").focus();
+  $("upload-file").scrollIntoView({ block: "center" });
 }
 
 async function predict() {
@@ -283,6 +635,8 @@ async function predict() {
     $("response-meta").className = "error";
     return;
   }
+  const pinned = $("predict-version").value;
+  if (pinned && body !== null && typeof body === "object" && !Array.isArray(body)) body.version = pinned;
   $("response-meta").className = "muted";
   $("response-meta").textContent = "Predicting…";
   button.disabled = true;
@@ -294,14 +648,18 @@ async function predict() {
     });
     const requestId = response.headers.get("X-Request-ID");
     if (!response.ok) {
+      const words = await explain(response); // read first: the class and the text change together
       $("response-meta").className = "error";
-      $("response-meta").textContent = `${await explain(response)} (request ${requestId})`;
+      $("response-meta").textContent = `${words} (request ${requestId})`;
       $("response").textContent = "";
       return;
     }
     const result = await response.json();
+    const answered = result.model_version || response.headers.get("X-Model-Version");
+    const how = body !== null && typeof body === "object" && body.version !== undefined ? "pinned" : "routed";
     $("response-meta").className = "muted";
-    $("response-meta").textContent = `prediction ${JSON.stringify(result.prediction)} · ${result.latency_ms} ms · request ${result.request_id}`;
+    $("response-meta").textContent = `prediction ${JSON.stringify(result.prediction)}${answered ? ` · version ${answered} (${how})` : ""}`
+      + ` · ${result.latency_ms} ms · request ${result.request_id}`;
     $("response").textContent = compactJson(result);
   } catch (error) {
     $("response-meta").className = "error";
@@ -339,11 +697,16 @@ function upload(event) {
       body = JSON.parse(request.responseText);
     } catch (_) { /* not JSON: refusal() says so */ }
     if (request.status === 201 && body && body.model) {
+      const { id, name, version } = body.model;
       message.className = "ok";
-      message.textContent = `Uploaded ${body.model.id} (${body.model.name} ${body.model.version}).`;
-      for (const id of ["upload-file", "upload-id", "upload-name", "upload-version"]) $(id).value = ""; // the token stays
+      message.textContent = `Uploaded ${id} (${name} ${version}).`;
+      for (const field of ["upload-file", "upload-id", "upload-name", "upload-version"]) $(field).value = ""; // the token stays
       await refreshModels();
-      openModel(body.model.id);
+      await openModel(id);
+      const added = versionsView && versionsView.model_id === id && versionsView.versions.find((v) => v.version === version);
+      if (added && versionsView.versions.length > 1 && !(added.traffic_percent > 0)) {
+        message.textContent += ` ${id} has ${versionsView.versions.length} versions now; the routing sends this one no traffic yet (see Versions).`;
+      }
     } else {
       message.className = "error";
       message.textContent = `Refused: ${refusal(request.status, request.statusText, request.responseText, request.getResponseHeader("Retry-After"))}`;
@@ -376,8 +739,9 @@ async function confirmDelete() {
   clearMessages();
   const response = await fetch(`/models/${encodeURIComponent(id)}`, { method: "DELETE", headers: authHeaders() });
   if (!response.ok) {
+    const words = await explain(response);
     $("response-meta").className = "error";
-    $("response-meta").textContent = `Delete refused: ${await explain(response)}`;
+    $("response-meta").textContent = `Delete refused: ${words}`;
     return;
   }
   current = null;
@@ -389,14 +753,18 @@ async function confirmDelete() {
 
 // The id rule is the server's own (its OpenAPI document), reserved ids included, never a copy kept here.
 // An HTML pattern is compiled with the 'v' flag, where a '-' that is not a range must be escaped.
+// The same for the version. Any new version of an existing id is welcome: only the server knows which it has.
 async function loadIdPattern() {
   try {
     const response = await fetch("/openapi.json");
     const upload = (await response.json()).paths["/models/upload"].post.requestBody.content["multipart/form-data"];
-    const pattern = upload.schema.properties.id.pattern.replace(/^\^/, "").replace(/\$$/, "").replace(/(?<!\\)-\]/g, "\\-]");
-    $("upload-id").pattern = pattern;
+    const asHtml = (pattern) => pattern.replace(/^\^/, "").replace(/\$$/, "").replace(/(?<!\\)-\]/g, "\\-]");
+    $("upload-id").pattern = asHtml(upload.schema.properties.id.pattern);
+    if (upload.schema.properties.version && upload.schema.properties.version.pattern) {
+      $("upload-version").pattern = asHtml(upload.schema.properties.version.pattern);
+    }
   } catch (_) {
-    // Without the document the server still checks the id and says what is wrong.
+    // Without the document the server still checks the id and the version and says what is wrong.
   }
 }
 
@@ -412,6 +780,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("token").addEventListener("change", refreshModels); // servers with NEXUS_PROTECT_PREDICT=1 list models only with it
   $("delete").addEventListener("click", askDelete);
   $("confirm-delete").addEventListener("close", confirmDelete);
+  $("confirm-version-delete").addEventListener("close", confirmDeleteVersion);
+  $("routing").addEventListener("submit", saveRouting);
+  $("routing-default").addEventListener("change", syncRoutingInputs);
+  $("predict-version").addEventListener("change", choosePredictVersion);
+  $("new-version").addEventListener("click", uploadNewVersion);
   loadIdPattern();
   refreshStatus();
   refreshModels();

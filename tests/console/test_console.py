@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from urllib.parse import urlparse
 
@@ -147,9 +148,9 @@ def test_the_demo_model_predicts_its_prefilled_example_and_an_edited_one(page):
 
 
 def test_refusals_are_shown_in_words(page, server, tmp_path):
-    upload_through_form(page, model_file(tmp_path, models.identity()), "iris")
+    upload_through_form(page, model_file(tmp_path, models.identity()), "iris", version="v1.0.0")  # a version it has
     page.wait_for_selector("#upload-message.error")
-    assert page.inner_text("#upload-message").startswith("Refused: 409 Conflict: model 'iris' is already registered")
+    assert page.inner_text("#upload-message").startswith("Refused: 409 Conflict: model 'iris' already has version 'v1.0.0'")
     upload_through_form(page, model_file(tmp_path, b"not a model", "notes.onnx"), "notes")
     page.wait_for_selector("#upload-message:has-text('400')")
     assert page.inner_text("#upload-message").startswith("Refused: 400 Bad Request: ")
@@ -166,7 +167,7 @@ def test_delete_asks_first_then_removes_the_model(page, server, tmp_path):
     page.click("#delete")
     page.click("#confirm-yes")
     page.wait_for_selector("#models tbody tr[data-id='temporary']", state="detached")
-    assert "temporary.onnx" not in files_in(server.model_dir)
+    assert [f for f in files_in(server.model_dir) if f.startswith("temporary")] == []
     assert page.is_hidden("#panel")
 
 
@@ -211,7 +212,15 @@ def test_a_server_with_a_token(browser, tmp_path):
         assert page.input_value("#token") == TOKEN  # still there for the next upload or delete
         assert page.input_value("#upload-id") == ""
         assert "$NEXUS_API_TOKEN" in page.input_value("#curl") and TOKEN not in page.input_value("#curl")
-        page.fill("#token", "wrong")
+        upload_through_form(page, path, "guarded", version="v2")  # a new version of it, with the token
+        page.wait_for_selector("#versions tbody tr[data-version='v2']")
+        page.fill("#token", "wrong")  # the routing and a version's deletion need the token too
+        page.select_option("#routing-default", "v1")
+        page.click("#routing-submit")
+        page.wait_for_selector("#routing-message:has-text('Refused: 401 Unauthorized')")
+        page.click("#versions tbody tr[data-version='v1'] button")
+        page.click("#confirm-version-yes")
+        page.wait_for_selector("#versions-message:has-text('Delete refused: 401 Unauthorized')")
         page.click("#delete")
         page.click("#confirm-yes")
         page.wait_for_selector("#response-meta:has-text('Delete refused: 401 Unauthorized')")
@@ -220,12 +229,12 @@ def test_a_server_with_a_token(browser, tmp_path):
         page.wait_for_selector("#confirm-delete", state="hidden")
         page.click("#refresh")
         page.wait_for_selector("#models tbody tr[data-id='guarded']")
-        assert "guarded.onnx" in files_in(server.model_dir)
+        assert "guarded@v1.onnx" in files_in(server.model_dir)
         page.fill("#token", TOKEN)
         page.click("#delete")
         page.click("#confirm-yes")
         page.wait_for_selector("#models tbody tr[data-id='guarded']", state="detached")
-        assert "guarded.onnx" not in files_in(server.model_dir)
+        assert [f for f in files_in(server.model_dir) if f.startswith("guarded")] == []
         page.screenshot(path=str(tmp_path / "token.png"), full_page=True)
         context.close()
         assert_same_origin(page, server)
@@ -264,8 +273,9 @@ def test_a_hint_says_what_a_row_does_and_space_opens_a_row_too(page):
 
 
 def test_at_phone_width_no_card_or_table_scrolls_sideways(browser, server):
-    upload_through_api(server, models.identity(shape=(None, 4), name="a_rather_long_input_name_without_spaces_at_all"),
-                       "zz_a_model_with_a_rather_long_identifier_that_has_no_spaces.v2", version="v2.0.0-rc.1+build.20261125")
+    for version in ("v2.0.0-rc.1+build.20261125", "v2.0.0-rc.2+build.20261126"):  # two: the versions table and the routing form
+        upload_through_api(server, models.identity(shape=(None, 4), name="a_rather_long_input_name_without_spaces_at_all"),
+                           "zz_a_model_with_a_rather_long_identifier_that_has_no_spaces.v2", version=version)
     context = browser.new_context(viewport={"width": 390, "height": 844})
     page = context.new_page()
     page.goto(server.url("/"))
@@ -275,6 +285,7 @@ def test_at_phone_width_no_card_or_table_scrolls_sideways(browser, server):
         .map(e => `${e.id || e.className}: ${e.scrollWidth} > ${e.clientWidth}`)"""
     for model_id in ("iris", "zz_a_model_with_a_rather_long_identifier_that_has_no_spaces.v2"):
         open_model(page, model_id)
+        page.wait_for_selector("#versions tbody tr")
         assert page.evaluate(overflowing) == [], model_id
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
     open_model(page, "iris")
@@ -344,7 +355,7 @@ def test_a_new_action_clears_what_earlier_ones_said(page, tmp_path):
     page.fill("#request", '{"model_id": "iris", "features": [1, 2, 3]}')
     page.click("#predict")
     page.wait_for_selector("#response-meta.error")
-    upload_through_form(page, model_file(tmp_path, models.identity()), "iris")
+    upload_through_form(page, model_file(tmp_path, models.identity()), "iris", version="v1.0.0")
     page.wait_for_selector("#upload-message.error")
     assert "409 Conflict" in page.inner_text("#upload-message")
     assert page.inner_text("#response-meta") == "" and not page.is_visible("#response-meta.error")
@@ -360,7 +371,7 @@ def test_a_new_action_clears_what_earlier_ones_said(page, tmp_path):
     page.wait_for_selector("#response-meta:has-text('prediction [0] ')")
     assert page.is_hidden("#models-error")
     # a refused upload, then a new upload: "Uploading…", then its own answer
-    upload_through_form(page, model_file(tmp_path, models.identity()), "iris")
+    upload_through_form(page, model_file(tmp_path, models.identity()), "iris", version="v1.0.0")
     page.wait_for_selector("#upload-message.error")
     upload_through_form(page, model_file(tmp_path, models.identity()), "fresh")
     page.wait_for_selector("#upload-message:has-text('Uploaded fresh')")
@@ -413,9 +424,153 @@ def test_limits_timeouts_and_loading_are_said_in_words(page, tmp_path):
 
 
 def test_the_id_field_takes_its_rule_from_the_servers_document_reserved_ids_included(page):
-    page.wait_for_function("document.getElementById('upload-id').pattern !== ''")
+    # polled from here: a string predicate of wait_for_function is eval'd in the page, which its policy forbids
+    playwright_api.expect(page.locator("#upload-id")).to_have_attribute("pattern", re.compile(".+"))
     for value, valid in (("my_model-1.v2", True), ("info", False), ("upload", False), ("stats", False),
                          (".hidden", False), ("a/b", False), ("statistics", True)):
         page.fill("#upload-id", value)
         assert page.eval_on_selector("#upload-id", "el => el.checkValidity()") is valid, value
+    playwright_api.expect(page.locator("#upload-version")).to_have_attribute("pattern", re.compile(".+"))
+    for value, valid in (("v2", True), ("2.0.0-rc.1+build.5", True), ("v1_final", True), (".v2", False), ("v 2", False),
+                         ("v2/3", False), ("x" * 64, True)):
+        page.fill("#upload-version", value)
+        assert page.eval_on_selector("#upload-version", "el => el.checkValidity()") is valid, value
+    assert script_errors(page) == []
+
+
+# Model versions: the versions table, the routing form, a pinned prediction and a version's deletion.
+
+def version_rows(page):
+    """The versions table as {version: [state, traffic, shadow]}, "default" appended for the default version."""
+    rows = page.eval_on_selector_all("#versions tbody tr", """rows => rows.map(r => [r.dataset.version,
+        r.cells[0].querySelector('.tag') ? 'default' : '', ...[...r.cells].slice(1, 4).map(c => c.innerText)])""")
+    return {version: [*cells, *([tag] if tag else [])] for version, tag, *cells in rows}
+
+
+def test_versions_routing_a_pinned_prediction_and_deleting_a_version(page, server, tmp_path):
+    (first, _, first_bias), (second, _, second_bias) = models.linear(seed=1), models.linear(seed=2)
+    upload_through_api(server, first, "duo", name="Duo", version="v1")
+    upload_through_api(server, second, "duo", name="Duo", version="v2")
+    open_model(page, "duo")
+    page.wait_for_selector("#versions tbody tr[data-version='v2']")
+    # both versions, oldest first; the newest answers everything while no routing is set
+    assert page.eval_on_selector_all("#versions tbody tr", "rows => rows.map(r => r.dataset.version)") == ["v1", "v2"]
+    page.wait_for_selector("#versions tbody td.state:not(.state-ready)", state="detached")  # a version still loading: looked at again
+    assert version_rows(page) == {"v1": ["READY", "0%", "0%"], "v2": ["READY", "100%", "0%", "default"]}
+    assert page.inner_text("#models tbody tr[data-id='duo'] td:nth-child(3)") == "v2 (2 versions)"
+    assert page.input_value("#routing-default") == "" and page.is_disabled("#routing-weights tr[data-version='v2'] input[data-kind='canary']")
+
+    # a routing the server refuses: its words, and the routing left as it was
+    page.select_option("#routing-default", "v1")
+    assert page.is_enabled("#routing-weights tr[data-version='v2'] input[data-kind='canary']")
+    assert page.is_disabled("#routing-weights tr[data-version='v1'] input[data-kind='canary']")
+    page.fill("#routing-weights tr[data-version='v2'] input[data-kind='canary']", "150")
+    page.click("#routing-submit")
+    page.wait_for_selector("#routing-message.error")
+    assert page.inner_text("#routing-message") == (
+        "Refused: 400 Bad Request: routing's canary weight of version 'v2' must be a number from 0 to 100 (percent), got 150")
+    assert requests.get(server.url("/models/duo/routing"), timeout=10).json()["routing"] == {"default": None, "canary": {}, "shadow": {}}
+
+    # a canary: v1 the default with 90 %, v2 10 %, and a shadow copy of half the routed requests to v2
+    page.fill("#routing-weights tr[data-version='v2'] input[data-kind='canary']", "10")
+    page.fill("#routing-weights tr[data-version='v2'] input[data-kind='shadow']", "50")
+    page.click("#routing-submit")
+    page.wait_for_selector("#routing-message.ok")
+    assert page.inner_text("#routing-message") == "Routing saved: v1 90%, v2 10% of the traffic; shadow v2 50%."
+    routing = requests.get(server.url("/models/duo/routing"), timeout=10).json()
+    assert routing["routing"] == {"default": "v1", "canary": {"v2": 10}, "shadow": {"v2": 50}}
+    assert routing["default"] == "v1" and routing["traffic"] == {"v1": 90.0, "v2": 10.0} and routing["shadow"] == {"v2": 50.0}
+    page.wait_for_selector("#versions tr[data-version='v1'] .tag")
+    assert version_rows(page) == {"v1": ["READY", "90%", "0%", "default"], "v2": ["READY", "10%", "50%"]}
+    page.wait_for_selector("#models tbody tr[data-id='duo'] td:nth-child(3):has-text('v1 (2 versions)')")
+
+    # a prediction pinned to v2: the request says so, and the answer names v2 and is v2's (Y = b with X = 0)
+    page.select_option("#predict-version", "v2")
+    assert json.loads(page.input_value("#request")) == {"model_id": "duo", "inputs": {"X": [[0, 0, 0, 0]]}, "version": "v2"}
+    assert '"version": "v2"' in page.input_value("#curl")
+    page.click("#predict")
+    page.wait_for_selector("#response:not(:empty)")
+    assert " · version v2 (pinned) · " in page.inner_text("#response-meta")
+    answer = json.loads(page.inner_text("#response"))
+    assert answer["model_version"] == "v2"
+    assert answer["outputs"]["Y"][0] == pytest.approx(second_bias.tolist(), rel=1e-5)
+    page.select_option("#predict-version", "v1")
+    page.click("#predict")
+    page.wait_for_selector("#response-meta:has-text('version v1 (pinned)')")
+    assert json.loads(page.inner_text("#response"))["outputs"]["Y"][0] == pytest.approx(first_bias.tolist(), rel=1e-5)
+    page.select_option("#predict-version", "")  # routed again: the request no longer pins
+    assert "version" not in json.loads(page.input_value("#request"))
+    page.click("#predict")
+    page.wait_for_selector("#response-meta:has-text('(routed)')")
+    assert json.loads(page.inner_text("#response"))["model_version"] in ("v1", "v2")
+
+    # the default cannot be deleted: the server's 409 in words, both versions still there
+    page.click("#versions tbody tr[data-version='v1'] button")
+    assert page.inner_text("#confirm-version") == "v1" and page.inner_text("#confirm-version-model") == "duo"
+    page.click("#confirm-version-yes")
+    page.wait_for_selector("#versions-message.error")
+    assert page.inner_text("#versions-message") == ("Delete refused: 409 Conflict: version 'v1' of model 'duo' gets traffic as the default; "
+                                                     "move it away first with PUT /models/duo/routing")
+    assert {"duo@v1.onnx", "duo@v2.onnx"} <= set(files_in(server.model_dir))
+    # nor v2 while it has a canary share and a shadow; move them away (blank and 0 both mean none), then it goes
+    page.fill("#routing-weights tr[data-version='v2'] input[data-kind='canary']", "")
+    page.fill("#routing-weights tr[data-version='v2'] input[data-kind='shadow']", "0")
+    page.click("#routing-submit")
+    page.wait_for_selector("#routing-message.ok")
+    assert requests.get(server.url("/models/duo/routing"), timeout=10).json()["routing"] == {"default": "v1", "canary": {}, "shadow": {}}
+    page.wait_for_selector("#versions tr[data-version='v1'] td:nth-child(3):text-is('100%')")
+    page.click("#versions tbody tr[data-version='v2'] button")
+    page.click("#confirm-version-delete button[value=cancel]")  # no: nothing happens
+    assert page.is_visible("#versions tbody tr[data-version='v2']") and page.inner_text("#versions-message") == ""
+    page.click("#versions tbody tr[data-version='v2'] button")
+    page.click("#confirm-version-yes")
+    page.wait_for_selector("#versions tbody tr[data-version='v2']", state="detached")
+    assert page.inner_text("#versions-message") == "Deleted version v2 of duo."
+    assert version_rows(page) == {"v1": ["READY", "100%", "0%", "default"]}
+    assert page.is_hidden("#routing") and page.is_visible("#routing-single")
+    assert page.input_value("#predict-version") == "" and "version" not in json.loads(page.input_value("#request"))
+    assert [f for f in files_in(server.model_dir) if f.startswith("duo")] == ["duo.routing.json", "duo@v1.model_info.json", "duo@v1.onnx"]
+    assert requests.get(server.url("/models/duo/versions"), timeout=10).json()["default"] == "v1"
+
+    # a new version of the same id through the upload form: accepted, and the routing (v1 the default) gives it nothing yet
+    page.click("#new-version")
+    assert page.input_value("#upload-id") == "duo" and page.input_value("#upload-name") == "Duo"
+    page.set_input_files("#upload-file", str(model_file(tmp_path, second)))
+    page.fill("#upload-version", "v3")
+    page.click("#upload-submit")
+    page.wait_for_selector("#upload-message:has-text('no traffic yet')")
+    assert page.inner_text("#upload-message").startswith("Uploaded duo (Duo v3). duo has 2 versions now")
+    page.wait_for_selector("#versions tbody tr[data-version='v3']")
+    assert version_rows(page)["v3"][1:] == ["0%", "0%"]
+    assert script_errors(page) == []
+
+
+def test_user_strings_in_the_versions_are_text_never_markup(page, server):
+    """A model's name is the user's string: shown as typed in the panel, the table and the messages, never as HTML."""
+    name = "<img src=x onerror=alert(1)><b>bold</b>"
+    upload_through_api(server, models.identity(), "markup", name=name, version="v1")
+    upload_through_api(server, models.identity(), "markup", name=name, version="v2")
+    open_model(page, "markup")
+    page.wait_for_selector("#versions tbody tr[data-version='v2']")
+    assert page.inner_text("#panel-title") == f"{name} (markup)"
+    assert page.inner_text("#models tbody tr[data-id='markup'] td:nth-child(2)") == name
+    page.click("#new-version")
+    assert page.input_value("#upload-name") == name
+    assert page.eval_on_selector_all("img, b", "e => e.length") == 0
+    assert script_errors(page) == []
+
+
+def test_a_version_still_loading_is_looked_at_again_until_ready(page, server):
+    """The worker that lists the versions may still be loading one just uploaded: the state follows without a click."""
+    real = requests.get(server.url("/models/iris/versions"), timeout=10).json()
+    loading = {**real, "versions": [{"id": "iris", "version": v["version"], "state": "LOADING", "reason": "loading",
+                                     "traffic_percent": v["traffic_percent"], "shadow_percent": v["shadow_percent"]}
+                                    for v in real["versions"]]}
+    page.route("**/models/iris/versions", lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(loading)))
+    open_model(page, "iris")
+    page.wait_for_selector("#versions tbody tr[data-version='v1.0.0'] td.state-loading")
+    assert page.inner_text("#versions tbody tr[data-version='v1.0.0'] td:nth-child(2)") == "LOADING (loading)"
+    page.unroute("**/models/iris/versions")
+    page.wait_for_selector("#versions tbody tr[data-version='v1.0.0'] td.state-ready", timeout=5000)
+    assert page.inner_text("#versions tbody tr[data-version='v1.0.0'] td:nth-child(5)").endswith("UTC")
     assert script_errors(page) == []

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -185,3 +186,15 @@ def upload(server, data: bytes, model_id: str, token: str | None = None):
     files = {"file": (f"{model_id}.onnx", io.BytesIO(data))}
     return requests.post(server.url("/models/upload"), files=files, data={"id": model_id, "name": model_id, "version": "1"},
                          headers=headers, timeout=30)
+
+
+def sigterm_during(server, call, after_s: float = 0.8) -> tuple[float, int | None]:
+    """Run ``call`` in a thread, SIGTERM the server ``after_s`` into it, wait for both; return when
+    SIGTERM was sent and the master's exit code."""
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(after_s)  # the call is running in a worker
+    started = time.monotonic()
+    code = server.stop(signal.SIGTERM, timeout=20)
+    thread.join(30)
+    return started, code

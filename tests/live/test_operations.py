@@ -8,17 +8,22 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 
-import numpy as np
-import onnxruntime as ort
 import pytest
 import requests
 
 from tests import models
-from tests.live.server import CLOSE, metric_samples, predict, total, upload
+from tests.live.server import (
+    CLOSE,
+    metric_samples,
+    predict,
+    sigterm_during,
+    total,
+    upload,
+)
+
 
 def test_request_counts_sum_over_all_workers(live):
     before = total(metric_samples(live), "http_requests_total")
@@ -159,39 +164,24 @@ def test_ready_is_503_with_a_reason_when_the_model_directory_goes_away(make_serv
     assert requests.get(server.url("/health/ready"), timeout=5).status_code == 200
 
 
-def _slow_iterations(seconds: float) -> int:
-    """How many loop iterations of models.slow_loop take about ``seconds`` on this machine."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(models.slow_loop(), options, providers=["CPUExecutionProvider"])
-    timings = []
-    for _ in range(3):  # the fastest of three: a busy machine makes a run slower, never faster
-        started = time.perf_counter()
-        session.run(None, {"N": np.array([400], np.int64)})
-        timings.append((time.perf_counter() - started) / 400)
-    return max(1, int(seconds / min(timings)))
-
-
 def test_sigterm_lets_an_in_flight_prediction_finish_and_exits_0(make_server):
     server = make_server(workers=2)
     assert upload(server, models.slow_loop(), "slow").status_code == 201
-    iterations = _slow_iterations(4.0)  # calibration on a busy machine can only make the run shorter
+    iterations = models.slow_iterations(4.0)  # calibration on a busy machine can only make the run shorter
     result = {}
 
     def slow_request():
         response = requests.post(server.url("/predict"), json={"model_id": "slow", "inputs": {"N": [iterations]}}, timeout=30)
         result.update(status=response.status_code, finished=time.monotonic())
 
-    thread = threading.Thread(target=slow_request)
-    thread.start()
-    time.sleep(0.8)  # the prediction is running in a worker
-    started = time.monotonic()
-    code = server.stop(signal.SIGTERM, timeout=20)
-    thread.join(30)
+    started, code = sigterm_during(server, slow_request)
     assert result["status"] == 200
     assert result["finished"] > started  # it was still running when SIGTERM came, and was let finish
     assert code == 0
     assert time.monotonic() - started < 15
+    # Every worker left cleanly: none aborted in onnxruntime's teardown (SIGABRT, a C++ message on stderr).
+    assert server.stderr_path.read_text() == ""
+    assert not [r for r in server.log_records() if "SIGABRT" in r["message"] or "was sent" in r["message"]]
 
 
 @pytest.mark.parametrize(("host", "token", "warned"), [("0.0.0.0", None, True), ("0.0.0.0", "t0ken", False), ("127.0.0.1", None, False)])

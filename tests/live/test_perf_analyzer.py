@@ -69,9 +69,10 @@ def perf_analyzer() -> str:
     return path
 
 
-def run(perf_analyzer: str, server, *args: str) -> str:
-    """Run perf_analyzer over HTTP against ``server``; return its output, failing the test if it fails."""
-    command = [perf_analyzer, "-u", f"127.0.0.1:{server.port}", "-i", "http", "--measurement-interval", "1000",
+def run(perf_analyzer: str, server, *args: str, protocol: str = "http", interval_ms: int = 1000) -> str:
+    """Run perf_analyzer over HTTP (or gRPC) against ``server``; return its output, failing the test if it fails."""
+    address = server.grpc_address if protocol == "grpc" else f"127.0.0.1:{server.port}"
+    command = [perf_analyzer, "-u", address, "-i", protocol, "--measurement-interval", str(interval_ms),
                # the test checks that it works, not how steady this machine is: accept max/min up to 2
                "--stability-percentage", "100", "--max-trials", "10", *args]
     try:

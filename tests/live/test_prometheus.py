@@ -10,8 +10,7 @@ import pytest
 import requests
 
 from tests import models
-from tests.live.server import free_port, stop_process
-from tests.live.server import CLOSE, upload
+from tests.live.server import CLOSE, free_port, stop_process, upload
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (Debian package prometheus)")
