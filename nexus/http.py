@@ -19,7 +19,7 @@ from flask import Flask, Request, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from nexus.errors import ApiError, BadInput, TooLarge, UnsupportedMediaType
-from nexus.inference import pinned_and_key
+from nexus.routing import pinned_and_key
 
 log = logging.getLogger("nexus.errors")
 

@@ -69,21 +69,6 @@ class Call:
         self.latency_ms = round((time.perf_counter() - self.started) * 1000, 3)
 
 
-MAX_ROUTING_KEY = 256
-
-
-def pinned_and_key(version: object, key: object) -> tuple[str | None, str | None]:
-    """Check a request's pinned version and routing key as a protocol received them (None: not given)."""
-    if version is not None and (not isinstance(version, str) or not version):
-        raise BadInput("field 'version' must be a non-empty string: the version to answer with")
-    if key is not None:
-        if not isinstance(key, str) or not key:
-            raise BadInput("field 'routing_key' must be a non-empty string")
-        if len(key) > MAX_ROUTING_KEY:
-            raise BadInput(f"the routing key is {len(key)} characters long; the limit is {MAX_ROUTING_KEY}")
-    return version, key
-
-
 def resolve(registry: Registry, model_id: str, version: str | None = None) -> Model:
     """Return ``model_id`` in ``version`` (None: its default version), or raise; for metadata, not traffic."""
     return registry.get(model_id, version)

@@ -38,7 +38,7 @@ from nexus.errors import (
     VersionNotFound,
 )
 from nexus.http import REQUEST_ID_PATTERN, ROUTING_KEY_HEADER, VERSION_HEADER
-from nexus.inference import MAX_ROUTING_KEY
+from nexus.routing import MAX_ROUTING_KEY
 from nexus.store import ID_PATTERN, ID_RULE, RESERVED_IDS, VERSION_PATTERN, VERSION_RULE
 from nexus.tensors import DTYPES
 

@@ -27,6 +27,7 @@ from typing import Any
 from nexus.errors import BadInput
 
 BUCKETS = 10_000  # weights resolve to 0.01 %
+MAX_ROUTING_KEY = 256
 _FIELDS = ("default", "canary", "shadow")
 
 
@@ -88,6 +89,18 @@ def _weights(given: object, kind: str, versions: Sequence[str] | None, known: st
             raise BadInput(f"routing's {kind} weight of version {version!r} must be a number from 0 to 100 (percent), got {weight!r}")
         weights[version] = weight
     return weights
+
+
+def pinned_and_key(version: object, key: object) -> tuple[str | None, str | None]:
+    """Check a request's pinned version and routing key as a protocol received them (None: not given)."""
+    if version is not None and (not isinstance(version, str) or not version):
+        raise BadInput("field 'version' must be a non-empty string: the version to answer with")
+    if key is not None:
+        if not isinstance(key, str) or not key:
+            raise BadInput("field 'routing_key' must be a non-empty string")
+        if len(key) > MAX_ROUTING_KEY:
+            raise BadInput(f"the routing key is {len(key)} characters long; the limit is {MAX_ROUTING_KEY}")
+    return version, key
 
 
 def bucket(key: str | None, salt: bytes = b"") -> int:

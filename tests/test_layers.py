@@ -25,6 +25,12 @@ def test_nothing_below_the_protocols_imports_flask_werkzeug_or_grpc():
     assert not imported_by(BELOW_THE_PROTOCOLS) & {"flask", "werkzeug", "prometheus_flask_exporter", "grpc"}
 
 
+def test_what_gunicorns_master_loads_imports_neither_onnxruntime_nor_the_metrics():
+    """The master loads the logger class before its hooks run; the metrics made in it would open files in a
+    PROMETHEUS_MULTIPROC_DIR that on_starting has not made yet."""
+    assert not imported_by(["nexus.observability.logs"]) & {"onnxruntime", "numpy", "grpc", "prometheus_client"}
+
+
 def test_the_http_app_does_not_import_grpc():
     """gRPC is started in each worker after the fork, never imported where it could cross one."""
     assert "grpc" not in imported_by(["nexus.api", "nexus.middleware", "nexus.http"])

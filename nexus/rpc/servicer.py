@@ -18,7 +18,7 @@ import grpc
 import orjson
 from google.protobuf import json_format
 
-from nexus import auth, inference, oip
+from nexus import auth, inference, oip, routing
 from nexus.config import MB
 from nexus.errors import ApiError, BadInput, ModelNotFound, TooLarge
 from nexus.http import REQUEST_ID_ENVIRON, new_request_id, serving, valid_request_id
@@ -144,7 +144,7 @@ class Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, metadata, call):
         self._reader(metadata)
         key = request.parameters["routing_key"].string_param if "routing_key" in request.parameters else None
-        version, key = inference.pinned_and_key(request.model_version or metadata.get("x-model-version") or None,
+        version, key = routing.pinned_and_key(request.model_version or metadata.get("x-model-version") or None,
                                                 key or metadata.get("x-routing-key") or None)
         asked = [output.name for output in request.outputs] or None
         answer = inference.infer(self.registry, InferenceRequest(request.model_name, _inputs(request), asked, version, key), call)
