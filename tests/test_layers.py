@@ -11,7 +11,8 @@ import sys
 
 BELOW_THE_PROTOCOLS = ["nexus.inference", "nexus.registry", "nexus.sandbox", "nexus.store", "nexus.runtime",
                        "nexus.tensors", "nexus.errors", "nexus.config", "nexus.clock", "nexus.onnx_scan",
-                       "nexus.observability.metrics", "nexus.routing", "nexus.shadow", "nexus.oip", "nexus.auth"]
+                       "nexus.observability.metrics", "nexus.routing", "nexus.shadow", "nexus.oip", "nexus.auth",
+                       "nexus.monitoring.confidence", "nexus.monitoring.sketch"]
 
 
 def imported_by(modules: list[str]) -> set[str]:

@@ -1,0 +1,51 @@
+"""How sure a classifier is of each answer: the top class's probability and its margin to the second."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+
+class Confidence(NamedTuple):
+    """One batch's answers: per sample the top class, its probability and the margin to the runner-up."""
+
+    classes: list[str]
+    top: np.ndarray  # float64 [N]
+    margin: np.ndarray  # float64 [N]
+
+
+def class_scores(value: Any) -> tuple[np.ndarray, list[str]] | None:
+    """Return a classifier output as scores [N, K] with its class labels, or None when it is no classifier output.
+
+    A ZipMap (a list of maps from class to probability, what skl2onnx classifiers give) or a
+    float tensor [N, K] with K > 1 (labels are then the column numbers).
+    """
+    if isinstance(value, list):
+        if not value or not all(isinstance(row, dict) and row for row in value):
+            return None
+        labels = list(value[0])
+        try:
+            scores = np.array([[float(row[label]) for label in labels] for row in value], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            return None
+        return scores, [str(label) for label in labels]
+    array = np.asarray(value)
+    if array.dtype.kind != "f" or array.ndim != 2 or array.shape[1] < 2:
+        return None
+    return array.astype(np.float64, copy=False), [str(k) for k in range(array.shape[1])]
+
+
+def confidence(value: Any) -> Confidence | None:
+    """Return the confidence of each sample of a classifier output, or None when it is no classifier output."""
+    found = class_scores(value)
+    if found is None:
+        return None
+    scores, labels = found
+    if not len(scores):
+        return Confidence([], np.zeros(0), np.zeros(0))
+    order = np.argsort(scores, axis=1)
+    rows = np.arange(len(scores))
+    top = scores[rows, order[:, -1]]
+    second = scores[rows, order[:, -2]]
+    return Confidence([labels[i] for i in order[:, -1]], top, top - second)
