@@ -50,7 +50,7 @@ from nexus.errors import (
 )
 from nexus.routing import Plan, Routing
 from nexus.runtime import Runtime, TensorSpec
-from nexus.store import ModelStore, PendingFile, StoredModel, check_id, sha256_of, version_key
+from nexus.store import ModelStore, PendingFile, StoredModel, check_id, model_of, sha256_of, version_key
 
 log = logging.getLogger("nexus.registry")
 
@@ -255,7 +255,7 @@ class Registry:
         """Return how many models this worker serves or is loading, in step with the directory; never waits."""
         self.refresh()
         with self._lock:
-            return len({self._model_of(key) for key in self._models.keys() | self._pending.keys()})
+            return len({model_of(key) for key in self._models.keys() | self._pending.keys()})
 
     def known_versions(self) -> dict[str, set[str]]:
         """Return the versions of every model in the directory (for labels); never waits."""
@@ -480,7 +480,7 @@ class Registry:
 
     def _load(self, key: str, signature: tuple[int, ...] | None) -> Model | None:
         started = time.perf_counter()
-        model_id = self._model_of(key)
+        model_id = model_of(key)
         try:
             if signature is None:
                 raise ValueError("the .onnx file next to the sidecar is missing")
@@ -521,7 +521,7 @@ class Registry:
         if decided is not None:
             return decided
         try:
-            with self.store.claim(self._model_of(key)):
+            with self.store.claim(model_of(key)):
                 current = self.store.read_sidecar(key)
                 decided = self._recorded(current, digest)  # another worker may have measured it while we waited
                 if decided is not None:
@@ -531,7 +531,7 @@ class Registry:
                 except ApiError as exc:
                     record = sandbox.refusal_record(exc, digest, self.limits)
                 self.store.rewrite_sidecar(key, {**current, "load_check": record})
-                log.info("model checked", extra={"model_id": self._model_of(key), "key": key, "load_check": record})
+                log.info("model checked", extra={"model_id": model_of(key), "key": key, "load_check": record})
                 return record, sandbox.verdict(record, digest, self.limits)
         except ModelBusy:
             raise _Busy() from None
@@ -547,8 +547,8 @@ class Registry:
                signature: tuple[int, ...] | None, load_check: dict[str, Any] | None) -> Model:
         sequence = sidecar.get("sequence", 0)
         return Model(
-            id=self._model_of(key),
-            name=str(sidecar.get("name") or self._model_of(key)),
+            id=model_of(key),
+            name=str(sidecar.get("name") or model_of(key)),
             version=str(sidecar.get("version") or ""),
             key=key,
             path=self.store.display_path(key),
@@ -560,10 +560,6 @@ class Registry:
             signature=signature,
             load_check=load_check,
         )
-
-    @staticmethod
-    def _model_of(key: str) -> str:
-        return key.partition("@")[0]
 
     def _changed(self, before: dict[str, Model], after: dict[str, Model]) -> None:
         if self._observer is not None and before.keys() != after.keys():
@@ -689,8 +685,9 @@ class Registry:
             if not stored:
                 raise ModelNotFound(model_id)
             keys = [key for key, _ in stored.values()]
+            routing = self._stored_routing(model_id).document()
             for i, key in enumerate(keys):
-                self.store.remove(key, None if i == len(keys) - 1 else self._stored_routing(model_id).document())
+                self.store.remove(key, None if i == len(keys) - 1 else routing)  # the last removes the document
         self._swap(lambda models: [models.pop(key, None) for key in keys])
         log.info("model deleted", extra={"model_id": model_id})
 

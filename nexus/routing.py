@@ -155,3 +155,7 @@ class Plan:
         if self.default is not None:
             shares[self.default] = (BUCKETS - lower) * 100 / BUCKETS
         return shares
+
+    def shadow_shares(self) -> dict[str, float]:
+        """Return each shadow version's percent of the routed requests it gets a copy of."""
+        return {version: share * 100 / BUCKETS for share, version, _ in self.shadows}

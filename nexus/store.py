@@ -106,6 +106,11 @@ def split_key(key: str) -> tuple[str, str | None] | None:
     return model_id, (version if separator else None)
 
 
+def model_of(key: str) -> str:
+    """Return the model id of a key (file stem) this store wrote."""
+    return key.partition(KEY_SEPARATOR)[0]
+
+
 def _valid_key(key: str) -> str:
     if split_key(key) is None:
         raise BadInput(f"invalid model key {key[:80]!r}")
@@ -286,7 +291,7 @@ class ModelStore:
     def publish(self, key: str, pending: PendingFile, sidecar: dict[str, Any], routing: dict[str, Any]) -> None:
         """Move a pending upload into place as version ``key``, write its sidecar, then the model's
         routing document ``routing``. Hold the model's claim."""
-        model_id = self._model_of(key)
+        model_id = model_of(_valid_key(key))
         with writing():
             first = not self.routing_path(model_id).exists()
             if first:
@@ -333,7 +338,7 @@ class ModelStore:
             self.sidecar_path(key).unlink(missing_ok=True)
             self.model_path(key).unlink(missing_ok=True)
             self.unloaded_path(key).unlink(missing_ok=True)
-            model_id = self._model_of(key)
+            model_id = model_of(_valid_key(key))
             if routing is None:
                 self.routing_path(model_id).unlink(missing_ok=True)
             else:
@@ -351,12 +356,9 @@ class ModelStore:
                 else:
                     path.unlink(missing_ok=True)
             if routing is not None:
-                self._write_json(self.routing_path(self._model_of(keys[0])), routing)
+                self._write_json(self.routing_path(model_of(_valid_key(keys[0]))), routing)
             _fsync_dir(self.directory)
 
-    @staticmethod
-    def _model_of(key: str) -> str:
-        return split_key(_valid_key(key))[0]
 
     # -- reading -------------------------------------------------------------------------
 

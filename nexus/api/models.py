@@ -9,7 +9,6 @@ from nexus.api import nexus, require_predict_token, require_token
 from nexus.errors import BadInput
 from nexus.http import json_response, parse_json_object
 from nexus.registry import Entry, Model
-from nexus.routing import BUCKETS
 from nexus.store import RESERVED_IDS
 
 bp = Blueprint("models", __name__)
@@ -87,7 +86,7 @@ def _routing_view(entry: Entry) -> dict:
         "routing": entry.routing.document(),
         "default": plan.default,
         "traffic": plan.shares(),
-        "shadow": {version: share * 100 / BUCKETS for share, version, _ in plan.shadows},
+        "shadow": plan.shadow_shares(),
         "versions": entry.versions,
     }
 
@@ -99,13 +98,12 @@ def _version_view(entry: Entry, version: str, strict: bool = False) -> dict:
     # worker cannot serve is shown with its state instead.
     model: Model | None = registry.version(entry, version) if strict else registry.loaded(entry, version)
     state, reason = registry.state(entry, version)
-    shadow = {v: share * 100 / BUCKETS for share, v, _ in entry.plan.shadows}
     return {
         **(model.details() if model is not None else {"id": entry.id, "version": version}),
         "state": state,
         **({"reason": reason} if reason else {}),
         "traffic_percent": entry.plan.shares().get(version, 0.0),
-        "shadow_percent": shadow.get(version, 0.0),
+        "shadow_percent": entry.plan.shadow_shares().get(version, 0.0),
     }
 
 
