@@ -38,6 +38,7 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
     from nexus.api import register_blueprints
     from nexus.http import NexusRequest, init_errors, note_route
     from nexus.middleware import Edge
+    from nexus.monitoring.live import Monitoring, MonitoringSettings
     from nexus.observability import exporter, logs, metrics
     from nexus.registry import Registry
     from nexus.store import ModelStore
@@ -51,7 +52,10 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
     # The directory is made once at start (gunicorn's master, app.py), never by a worker: a worker
     # restarted while the volume is unmounted must report it missing, not serve an empty new one.
     store = ModelStore(settings.model_dir)
-    registry = Registry(store, settings.ort_threads, observer=metrics, limits=settings.limits, load_wait_s=settings.load_wait_s)
+    watch = MonitoringSettings(settings.monitoring, settings.reference_rows, settings.drift_window_s, settings.drift_last_n,
+                               settings.drift_warn, settings.drift_alert, settings.drift_min_count)
+    registry = Registry(store, settings.ort_threads, observer=metrics, limits=settings.limits, load_wait_s=settings.load_wait_s,
+                        monitoring=Monitoring(watch, store) if settings.monitoring else None)
     app.extensions["nexus"] = Nexus(settings, store, registry)
     init_errors(app)
     app.before_request(note_route)

@@ -39,6 +39,17 @@ class Settings:
     grpc_port: int = 8081  # 0: no gRPC
     grpc_max_message_mb: float = 64
     grpc_threads: int = 8
+    monitoring: bool = True
+    reference_rows: int = 1000
+    drift_window_s: float = 3600
+    drift_last_n: int = 1000
+    drift_warn: float = 0.1
+    drift_alert: float = 0.25
+    drift_min_count: int = 100
+
+    def __post_init__(self) -> None:
+        if not self.drift_warn < self.drift_alert:
+            raise ConfigError(f"NEXUS_DRIFT_WARN ({self.drift_warn}) must be below NEXUS_DRIFT_ALERT ({self.drift_alert})")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -140,6 +151,13 @@ _ENV = {
     "NEXUS_GRPC_PORT": ("grpc_port", _port_or_off),
     "NEXUS_GRPC_MAX_MESSAGE_MB": ("grpc_max_message_mb", _positive_number),
     "NEXUS_GRPC_THREADS": ("grpc_threads", _positive_int),
+    "NEXUS_MONITORING": ("monitoring", _flag),
+    "NEXUS_REFERENCE_ROWS": ("reference_rows", _positive_int),
+    "NEXUS_DRIFT_WINDOW_S": ("drift_window_s", _positive_number),
+    "NEXUS_DRIFT_LAST_N": ("drift_last_n", _positive_int),
+    "NEXUS_DRIFT_WARN": ("drift_warn", _positive_number),
+    "NEXUS_DRIFT_ALERT": ("drift_alert", _positive_number),
+    "NEXUS_DRIFT_MIN_COUNT": ("drift_min_count", _positive_int),
 }
 
 

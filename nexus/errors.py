@@ -63,6 +63,16 @@ class ModelUnavailable(ModelNotFound):
         self.model_id = model_id
 
 
+class MonitoringOff(ApiError):
+    """404: raise when monitoring is asked of a server that runs without it (NEXUS_MONITORING=0)."""
+
+    status = 404
+    code = "monitoring_off"
+
+    def __init__(self) -> None:
+        super().__init__("monitoring is turned off on this server (NEXUS_MONITORING=0)")
+
+
 class ModelUnloaded(ModelNotFound):
     """404: raise when a model's files are kept but it was unloaded through the repository API."""
 

@@ -48,6 +48,8 @@ from nexus.errors import (
     VersionInUse,
     VersionNotFound,
 )
+from nexus.monitoring import features, reference
+from nexus.monitoring.live import Monitor, Monitoring
 from nexus.routing import Plan, Routing
 from nexus.runtime import Runtime, TensorSpec
 from nexus.store import ModelStore, PendingFile, StoredModel, check_id, model_of, sha256_of, version_key
@@ -77,6 +79,8 @@ class Model:
     sequence: int = 0  # upload order within the model; 0 for a model stored before versions
     signature: tuple[int, ...] | None = field(default=None, compare=False)
     load_check: dict[str, Any] | None = field(default=None, compare=False)
+    task: dict[str, Any] | None = field(default=None, compare=False)  # what monitoring reads: classifier or regressor, which output
+    monitor: Monitor | None = field(default=None, compare=False, repr=False)  # this worker's counting; None: monitoring off
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -97,6 +101,7 @@ class Model:
             "created_at": self.created_at,
             "size_bytes": self.size_bytes,
             "sha256": self.sha256,
+            "task": self.task,
         }
 
     def sidecar(self) -> dict[str, Any]:
@@ -136,9 +141,11 @@ class Registry:
     """The models this worker serves; the dicts are swapped whole under ``_lock``, never edited."""
 
     def __init__(self, store: ModelStore, ort_threads: int, observer: ModuleType | object | None = None,
-                 limits: Limits | None = None, load_wait_s: float = 5) -> None:
-        """``observer``, if given, has ``models_changed(count)`` and ``model_loaded(seconds)``."""
+                 limits: Limits | None = None, load_wait_s: float = 5, monitoring: Monitoring | None = None) -> None:
+        """``observer``, if given, has ``models_changed(count)`` and ``model_loaded(seconds)``; ``monitoring``,
+        if given, gives every version a monitor."""
         self.store = store
+        self.monitoring = monitoring
         self.ort_threads = ort_threads
         self.limits = limits or Settings().limits
         self.load_wait_s = load_wait_s
@@ -227,6 +234,11 @@ class Registry:
         with self._lock:
             models = self._models
         return [models[key] for entry in entries for key in entry.keys.values() if key in models]
+
+    def loaded_now(self) -> list[Model]:
+        """Return the versions this worker has loaded at this moment; never waits (for /metrics)."""
+        with self._lock:
+            return list(self._models.values())
 
     def versions_of(self, model_id: str, version: str | None = None) -> list[Model]:
         """Return ``version`` of the model, or (None) every version this worker has loaded; raise if there is none."""
@@ -546,19 +558,25 @@ class Registry:
     def _model(self, key: str, sidecar: dict[str, Any], data: bytes, digest: str, runtime: Runtime,
                signature: tuple[int, ...] | None, load_check: dict[str, Any] | None) -> Model:
         sequence = sidecar.get("sequence", 0)
+        task = features.task_of(sidecar.get("task"), runtime.outputs).document()
+        created_at = str(sidecar.get("created_at") or "")
+        monitor = None if self.monitoring is None else \
+            self.monitoring.monitor(key, digest, created_at, runtime.inputs, runtime.outputs, task)
         return Model(
             id=model_of(key),
             name=str(sidecar.get("name") or model_of(key)),
             version=str(sidecar.get("version") or ""),
             key=key,
             path=self.store.display_path(key),
-            created_at=str(sidecar.get("created_at") or ""),
+            created_at=created_at,
             size_bytes=len(data),
             sha256=digest,
             runtime=runtime,
             sequence=sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else 0,
             signature=signature,
             load_check=load_check,
+            task=task,
+            monitor=monitor,
         )
 
     def _changed(self, before: dict[str, Model], after: dict[str, Model]) -> None:
@@ -589,6 +607,8 @@ class Registry:
                 if time.monotonic() - last_clean >= CLEAN_EVERY_S:
                     last_clean = time.monotonic()
                     self.store.clean_leftovers()
+                    if self.monitoring is not None:
+                        self.monitoring.sweep()
             except Exception:  # the loader must outlive any one bad look at the disk
                 log.exception("loader pass failed")
             self._wake.wait(LOADER_POLL_S)
@@ -600,8 +620,14 @@ class Registry:
 
     # -- writing (each under the model's claim, deciding from the disk, not from this worker's view) --
 
-    def upload(self, model_id: str, name: str, version: str, pending: PendingFile) -> Model:
-        """Check a pending upload in the sandbox, publish it as a new version of ``model_id`` and serve it from this worker."""
+    def upload(self, model_id: str, name: str, version: str, pending: PendingFile, task: tuple[str | None, str | None] = (None, None),
+               reference_file: tuple[str, bytes] | None = None) -> Model:
+        """Check a pending upload in the sandbox, publish it as a new version of ``model_id`` and serve it from this worker.
+
+        ``task`` is the monitoring task the uploader declared (kind, output), checked against the model;
+        ``reference_file`` (name, bytes) its sample inputs, checked against the model's inputs and kept
+        as a sketch. Either one wrong is a BadInput that keeps nothing.
+        """
         key = version_key(model_id, version)
         with self.store.claim(model_id):
             stored = self._on_disk(model_id)
@@ -612,9 +638,13 @@ class Registry:
             record = sandbox.check(pending.file.fileno(), digest, self.limits)
             runtime = Runtime(data, self.ort_threads, self.limits)
             sequence = 1 + max((sequence for _, sequence in stored.values()), default=0)
-            sidecar = {"name": name, "version": version, "created_at": utc_now(), "sequence": sequence}
+            sidecar = {"name": name, "version": version, "created_at": utc_now(), "sequence": sequence,
+                       "task": features.declared(runtime.outputs, *task).document()}
+            sketch = None
+            if reference_file is not None:
+                sketch = reference.from_upload(*reference_file, features.layout(runtime.inputs), digest)
             model = self._model(key, sidecar, data, digest, runtime, None, record)
-            self.store.publish(key, pending, model.sidecar(), self._stored_routing(model_id).document())
+            self.store.publish(key, pending, model.sidecar(), self._stored_routing(model_id).document(), sketch)
             signature = self.store.signature(key)
         model = replace(model, signature=signature)
         self._swap(lambda models: models.__setitem__(key, model))
@@ -675,6 +705,7 @@ class Registry:
                                    f"move it away first with PUT /models/{model_id}/routing")
             key = stored[version][0]
             self.store.remove(key, _without(current, version).document())
+        self._forget([key])
         self._swap(lambda models: models.pop(key, None))
         log.info("model version deleted", extra={"model_id": model_id, "version": version})
 
@@ -688,8 +719,16 @@ class Registry:
             routing = self._stored_routing(model_id).document()
             for i, key in enumerate(keys):
                 self.store.remove(key, None if i == len(keys) - 1 else routing)  # the last removes the document
+        self._forget(keys)
         self._swap(lambda models: [models.pop(key, None) for key in keys])
         log.info("model deleted", extra={"model_id": model_id})
+
+    def _forget(self, keys: list[str]) -> None:
+        """Drop the monitoring counts of deleted versions (other workers' files included: one directory)."""
+        for key in keys:
+            model = self._models.get(key)
+            if model is not None and model.monitor is not None:
+                model.monitor.discard()
 
     def _on_disk(self, model_id: str) -> dict[str, tuple[str, int]]:
         """Return the model's versions as the directory has them now: version -> (key, sequence). Hold the claim."""

@@ -44,6 +44,7 @@ MODEL_SUFFIX = ".onnx"
 SIDECAR_SUFFIX = ".model_info.json"
 UNLOADED_SUFFIX = ".unloaded"
 ROUTING_SUFFIX = ".routing.json"
+REFERENCE_SUFFIX = ".reference.json"  # a version's monitoring reference: a sketch of sample inputs, never rows
 KEY_SEPARATOR = "@"  # in no id or version, so a key <id>@<version> splits one way
 _CLAIM_SUFFIX = ".claim"
 _TMP_SUFFIX = ".tmp"
@@ -240,6 +241,9 @@ class ModelStore:
     def unloaded_path(self, key: str) -> Path:
         return self.directory / f"{_valid_key(key)}{UNLOADED_SUFFIX}"
 
+    def reference_path(self, key: str) -> Path:
+        return self.directory / f"{_valid_key(key)}{REFERENCE_SUFFIX}"
+
     def routing_path(self, model_id: str) -> Path:
         return self.directory / f"{_stored_id(model_id)}{ROUTING_SUFFIX}"
 
@@ -288,15 +292,20 @@ class ModelStore:
             path.unlink(missing_ok=True)
             os.close(fd)
 
-    def publish(self, key: str, pending: PendingFile, sidecar: dict[str, Any], routing: dict[str, Any]) -> None:
-        """Move a pending upload into place as version ``key``, write its sidecar, then the model's
-        routing document ``routing``. Hold the model's claim."""
+    def publish(self, key: str, pending: PendingFile, sidecar: dict[str, Any], routing: dict[str, Any],
+                reference: dict[str, Any] | None = None) -> None:
+        """Move a pending upload into place as version ``key`` with its monitoring ``reference`` (if
+        given), write its sidecar, then the model's routing document ``routing``. Hold the model's claim."""
         model_id = model_of(_valid_key(key))
         with writing():
             first = not self.routing_path(model_id).exists()
             if first:
                 self._write_json(self.routing_path(model_id), routing)  # has_model is true from the first file on
             try:
+                if reference is not None:
+                    self._write_json(self.reference_path(key), reference)  # in place before the version is visible
+                else:
+                    self.reference_path(key).unlink(missing_ok=True)  # a deleted namesake's, left by a crash
                 pending.file.flush()
                 os.fsync(pending.file.fileno())
                 os.replace(pending.path, self.model_path(key))
@@ -307,6 +316,7 @@ class ModelStore:
                     self.model_path(key).unlink(missing_ok=True)  # no .onnx without its sidecar
                     raise
             except BaseException:
+                self.reference_path(key).unlink(missing_ok=True)
                 if first:
                     self.routing_path(model_id).unlink(missing_ok=True)  # nor a routing document without a version
                 raise
@@ -338,12 +348,27 @@ class ModelStore:
             self.sidecar_path(key).unlink(missing_ok=True)
             self.model_path(key).unlink(missing_ok=True)
             self.unloaded_path(key).unlink(missing_ok=True)
+            self.reference_path(key).unlink(missing_ok=True)
             model_id = model_of(_valid_key(key))
             if routing is None:
                 self.routing_path(model_id).unlink(missing_ok=True)
             else:
                 self._write_json(self.routing_path(model_id), routing)
             _fsync_dir(self.directory)
+
+    def add_reference(self, key: str, sha256: str, reference: dict[str, Any]) -> bool:
+        """Store a reference collected from predictions for version ``key``, unless the version is gone,
+        holds other bytes than ``sha256``, or has a reference already. Takes the model's claim (ModelBusy)."""
+        with self.claim(model_of(_valid_key(key))):
+            try:
+                if self.read_sidecar(key).get("sha256") != sha256 or self.reference_path(key).exists():
+                    return False
+            except (OSError, ValueError):
+                return False
+            with writing():
+                self._write_json(self.reference_path(key), reference)
+                _fsync_dir(self.directory)
+            return True
 
     def set_unloaded(self, keys: list[str], unloaded: bool, routing: dict[str, Any] | None) -> None:
         """Mark versions as unloaded (kept on disk, served by no worker) or clear the mark, then write
@@ -412,6 +437,13 @@ class ModelStore:
             raise ValueError(f"sidecar names version {data.get('version')!r}, not {version!r}")
         return data
 
+    def read_reference(self, key: str) -> dict[str, Any] | None:
+        """Return a version's monitoring reference, or None when it has none; raise ValueError if it is not usable."""
+        try:
+            return self._read_json(self.reference_path(key), "reference")
+        except FileNotFoundError:
+            return None
+
     def read_routing(self, model_id: str) -> dict[str, Any] | None:
         """Return a model's routing document, or None when it has none; raise ValueError if it is not usable."""
         try:
@@ -445,8 +477,8 @@ class ModelStore:
     # -- recovery ------------------------------------------------------------------------
 
     def clean_leftovers(self) -> list[str]:
-        """Remove what crashed writers left behind: unheld temp and claim files, model files without
-        a sidecar, routing documents without a version."""
+        """Remove what crashed writers left behind: unheld temp and claim files, model files and
+        references without a sidecar, routing documents without a version."""
         removed = []
         with os.scandir(self.directory) as entries:
             names = sorted(e.name for e in entries)
@@ -457,7 +489,7 @@ class ModelStore:
                 if self._remove_if_unheld(self.directory / name):
                     removed.append(name)
                 continue
-            suffix = next((s for s in (ROUTING_SUFFIX, MODEL_SUFFIX, UNLOADED_SUFFIX) if name.endswith(s)), None)
+            suffix = next((s for s in (ROUTING_SUFFIX, MODEL_SUFFIX, UNLOADED_SUFFIX, REFERENCE_SUFFIX) if name.endswith(s)), None)
             if suffix is None:
                 continue
             stem = name[: -len(suffix)]

@@ -13,6 +13,7 @@ from nexus.monitoring.sketch import (
     build,
     drift,
     jensen_shannon,
+    noise,
     psi,
     verdict,
 )
@@ -84,7 +85,20 @@ def test_a_verdict_needs_enough_values(score, count, expected):
     assert verdict(score, count) == expected
 
 
-def test_categorical_drift_has_no_psi_but_a_distance():
+def test_categorical_drift_has_both_measures_over_the_categories():
     [sketch] = build(np.array([[0]] * 50 + [[1]] * 50), ["c"])
     scores = drift(sketch, sketch.count(np.array([1] * 100)))
-    assert set(scores) == {"js"} and scores["js"] > 0.5
+    assert set(scores) == {"psi", "js"} and scores["js"] > 0.5 and scores["psi"] > 1
+
+
+def test_the_verdict_discounts_the_noise_a_sample_of_its_size_shows():
+    rng = np.random.default_rng(3)
+    [sketch] = build(rng.normal(size=(1_000, 1)), ["x"])
+    expected = noise(len(sketch.counts), 100, 1_000)
+    assert expected == pytest.approx(9 * (1 / 100 + 1 / 1_000))
+    scores = [psi(sketch.counts, sketch.count(rng.normal(size=100))) for _ in range(200)]
+    raw = sum(verdict(s, 100) != "ok" for s in scores)
+    fair = sum(verdict(s, 100, expected_noise=expected) != "ok" for s in scores)
+    assert raw > 80 and fair < 20  # same distribution: the raw thresholds warn on noise half the time, the adjusted ones seldom
+    shifted = psi(sketch.counts, sketch.count(rng.normal(loc=1.0, size=100)))
+    assert verdict(shifted, 100, expected_noise=expected) == "alert"

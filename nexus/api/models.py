@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, request
 from werkzeug.exceptions import MethodNotAllowed
 
 from nexus.api import nexus, require_predict_token, require_token
-from nexus.errors import BadInput
+from nexus.errors import BadInput, MonitoringOff
 from nexus.http import json_response, parse_json_object
 from nexus.registry import Entry, Model
 from nexus.store import RESERVED_IDS
@@ -50,6 +50,33 @@ def list_versions(model_id: str):
     registry = nexus().registry
     entry = registry.entry(model_id)
     return json_response({**_routing_view(entry), "versions": [_version_view(entry, v) for v in entry.versions]})
+
+
+@bp.get("/models/<model_id>/monitoring")
+def monitoring(model_id: str):
+    """Confidence, class counts and input drift of each loaded version, merged over every worker of this server."""
+    require_predict_token()
+    registry = nexus().registry
+    versions = registry.versions_of(model_id)
+    return json_response({"model_id": model_id, "thresholds": _thresholds(), "versions": [_monitoring(m) for m in versions]})
+
+
+@bp.get("/models/<model_id>/versions/<version>/monitoring")
+def version_monitoring(model_id: str, version: str):
+    require_predict_token()
+    return json_response(_monitoring(nexus().registry.get(model_id, version)))
+
+
+def _thresholds() -> dict:
+    settings = nexus().settings
+    return {"warn": settings.drift_warn, "alert": settings.drift_alert, "min_count": settings.drift_min_count, "method": "psi",
+            "window_seconds": settings.drift_window_s, "last_n": settings.drift_last_n, "reference_rows": settings.reference_rows}
+
+
+def _monitoring(model: Model) -> dict:
+    if model.monitor is None:
+        raise MonitoringOff()
+    return {"model_id": model.id, "version": model.version, **model.monitor.report()}
 
 
 @bp.get("/models/<model_id>/versions/<version>")

@@ -8,6 +8,7 @@ series twice.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -125,6 +126,72 @@ def shadow_done(model_id: str, version: str, status: str, seconds: float | None 
         _child(SHADOW_AGREEMENT, model_id, version, "agree" if agree else "disagree").inc()
     if difference is not None:
         _child(SHADOW_DIFFERENCE, model_id, version).observe(difference)
+
+
+# -- monitoring (nexus/monitoring) ------------------------------------------------------------------
+# The monitoring series are computed at each scrape from the workers' counts files (exporter.py):
+# their names and labels are declared here, once.
+
+MONITORING_ERRORS = Counter(
+    "model_monitoring_errors_total", "Predictions whose monitoring failed (the prediction itself was answered).",
+    ["model_id", "version"],
+)
+_failures_logged: set[tuple[str, str]] = set()
+
+
+def monitoring_failed(model_id: str, version: str) -> None:
+    """Count a monitoring failure; log the first of each version with its traceback."""
+    _child(MONITORING_ERRORS, model_id, version).inc()
+    if (model_id, version) not in _failures_logged:
+        _failures_logged.add((model_id, version))
+        logging.getLogger("nexus.monitoring").exception("monitoring failed", extra={"model_id": model_id, "version": version})
+
+
+CONFIDENCE_SERIES = ("model_prediction_confidence", "Top-class probability of each prediction of a classifier.", ("model_id", "version"))
+CLASS_SERIES = ("model_predicted_class", "Predictions by predicted class (the first 100 classes; the rest as 'other').",
+                ("model_id", "version", "class"))
+OUTPUT_SERIES = ("model_output_value", "Values of the watched output of a model that is not a classifier.", ("model_id", "version"))
+DRIFT_SERIES = ("model_feature_drift", "Drift of one input feature from the version's reference over the window, by method (psi, js).",
+                ("model_id", "version", "feature", "method"))
+STATUS_SERIES = ("model_drift_status", "Worst drift verdict of the version's features (0 ok, 1 warn, 2 alert).", ("model_id", "version"))
+# What /metrics shows of them: series name -> labels (for checks of dashboards and alert rules).
+COMPUTED_SERIES = {
+    **{f"{CONFIDENCE_SERIES[0]}{suffix}": CONFIDENCE_SERIES[2] for suffix in ("_bucket", "_sum", "_count")},
+    f"{CLASS_SERIES[0]}_total": CLASS_SERIES[2],
+    **{f"{OUTPUT_SERIES[0]}{suffix}": OUTPUT_SERIES[2] for suffix in ("_sum", "_count")},
+    DRIFT_SERIES[0]: DRIFT_SERIES[2],
+    STATUS_SERIES[0]: STATUS_SERIES[2],
+}
+
+
+def monitoring_families(reports: Iterable[tuple[str, str, dict]]) -> list:
+    """The monitoring series of each (model id, version, counts summary) as Prometheus metric families."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, SummaryMetricFamily
+
+    confidence = HistogramMetricFamily(CONFIDENCE_SERIES[0], CONFIDENCE_SERIES[1], labels=CONFIDENCE_SERIES[2])
+    classes = CounterMetricFamily(CLASS_SERIES[0], CLASS_SERIES[1], labels=CLASS_SERIES[2])
+    output = SummaryMetricFamily(OUTPUT_SERIES[0], OUTPUT_SERIES[1], labels=OUTPUT_SERIES[2])
+    drift = GaugeMetricFamily(DRIFT_SERIES[0], DRIFT_SERIES[1], labels=DRIFT_SERIES[2])
+    status = GaugeMetricFamily(STATUS_SERIES[0], STATUS_SERIES[1], labels=STATUS_SERIES[2])
+    for model_id, version, summary in reports:
+        labels = [model_id, version]
+        if summary.get("confidence") is not None:
+            found = summary["confidence"]
+            cumulative, buckets = 0, []
+            for bound, count in zip(found["buckets"], found["counts"], strict=True):
+                cumulative += count
+                buckets.append((repr(float(bound)), cumulative))
+            buckets.append(("+Inf", cumulative))
+            confidence.add_metric(labels, buckets, found["sum"])
+            for name, count in found["classes"].items():
+                classes.add_metric([*labels, name], count)
+        if summary.get("output") is not None:
+            output.add_metric(labels, summary["output"]["count"], summary["output"]["sum"])
+        for feature, method, value in summary.get("drift", ()):
+            drift.add_metric([*labels, feature, method], value)
+        if summary.get("status") is not None:
+            status.add_metric(labels, summary["status"])
+    return [confidence, classes, output, drift, status]
 
 
 # The registry reports to this module through these two functions (it knows nothing of Prometheus).

@@ -32,7 +32,7 @@ def test_details_by_path_and_by_query(client, upload_model, url):
     data = models.add_mul()
     upload_model(data, "m", name="Pair", version="v3")
     body = client.get(url).get_json()
-    assert set(body) == {"id", "name", "version", "path", "inputs", "outputs", "created_at", "size_bytes", "sha256",
+    assert set(body) == {"id", "name", "version", "path", "inputs", "outputs", "created_at", "size_bytes", "sha256", "task",
                          "versions", "routing"}
     assert body["versions"] == ["v3"] and body["routing"] == {"default": None, "canary": {}, "shadow": {}}
     assert body["sha256"] == hashlib.sha256(data).hexdigest() and body["size_bytes"] == len(data)
