@@ -53,6 +53,11 @@ def per_call_us(call, seconds: float) -> float:
             return elapsed / count * 1e6
 
 
+def micro_table(rows: list[str]) -> list[str]:
+    """The lines of a section's table of in-process timings (``rows`` are its table rows)."""
+    return ["", "In one process (median of 5):", "", "| call | time |", "|---|---|", *rows]
+
+
 def paired(before, after, rounds: int, seconds: float) -> tuple[float, float]:
     """Medians of ``rounds`` interleaved timings of two calls."""
     a, b = [], []

@@ -357,6 +357,17 @@ def main() -> None:
 # -- the report ------------------------------------------------------------------------------------------
 
 
+def rounds_arguments(description: str, rounds: str) -> tuple[argparse.Namespace, list[int]]:
+    """The command line of a bench that runs rounds over ``rounds`` on one machine and writes a section of docs/benchmarks.md."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--print", action="store_true", help="print only, do not update docs/benchmarks.md")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help=f"rounds over {rounds} (the median is reported)")
+    parser.add_argument("--concurrency", default="1,8", help="comma-separated connection counts")
+    args = parser.parse_args()
+    return args, [int(c) for c in args.concurrency.split(",")]
+
+
 def write_section(begin: str, end: str, section: str) -> None:
     """Put ``section`` (which starts with ``begin`` and ends with ``end``) into docs/benchmarks.md, replacing its last version."""
     report = ROOT / "docs" / "benchmarks.md"

@@ -32,8 +32,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.limits import per_call_us  # noqa: E402
-from bench.run import BATCH, Case, Measure, Server, bench_models, lua_script, median_of, wrk, write_section  # noqa: E402
+from bench.limits import micro_table, per_call_us  # noqa: E402
+from bench.run import BATCH, Case, Measure, Server, bench_models, lua_script, median_of, rounds_arguments, wrk, write_section  # noqa: E402
 from nexus.routing import Plan, Routing  # noqa: E402
 
 BEGIN, END = "<!-- versions: written by bench/versions.py -->", "<!-- /versions -->"
@@ -96,13 +96,7 @@ def in_process(seconds: float) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--print", action="store_true", help="print only, do not update docs/benchmarks.md")
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds over every routing (the median is reported)")
-    parser.add_argument("--concurrency", default="1,8", help="comma-separated connection counts")
-    args = parser.parse_args()
-    levels = [int(c) for c in args.concurrency.split(",")]
+    args, levels = rounds_arguments(__doc__, "every routing")
     work = Path(tempfile.mkdtemp(prefix="nexus-bench-versions-"))
     model_dir = work / "models"
     model_dir.mkdir()
@@ -171,12 +165,7 @@ def render(args, levels, benchmark, results, shadow, micro) -> str:
         "on a core the clients keep busy it gets what they leave: the client's latency and throughput stay near the "
         "one-version row, and the copies beyond that spare time are dropped and counted, never queued behind the "
         "clients. Agreement is then measured on the copies that ran.",
-        "",
-        "In one process (median of 5):",
-        "",
-        "| call | time |",
-        "|---|---|",
-        *micro,
+        *micro_table(micro),
         END,
     ]
     return "\n".join(lines)

@@ -54,6 +54,7 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 MAX_CLASSES = 100  # classes past the hundredth are counted as "other"
 OTHER_CLASS = "other"
 ONE_ROW_FEATURES = 16  # up to this many features, one sample is counted in plain Python (faster than numpy there)
+SMALL_OUTPUT = 64  # outputs up to this many values are summed in plain Python
 REFERENCE_POLL_S = 1.0  # how often a worker without a reference looks for one
 _MAGIC = 0x4E58_4D4F_4E01
 _HEADER = 8  # magic, features, bins, slots, ring, confidence buckets, rows ever written to the ring, pid
@@ -170,7 +171,7 @@ class Monitor:
         self._collect_fd: int | None = None
         self._building = False
         self._offsets = np.arange(len(self.layout.features), dtype=np.int64) * BINS
-        self._one_row = len(self.layout.features) <= ONE_ROW_FEATURES and not any(w.summarized for w in self.layout.inputs)
+        self._one_row = len(self.layout.features) <= ONE_ROW_FEATURES
 
     # -- the hot path ---------------------------------------------------------------------------
 
@@ -292,16 +293,7 @@ class Monitor:
         i64[at["confidence"] + slot * len(CONFIDENCE_BUCKETS) + bucket] += 1
         i64[at["cum_confidence"] + bucket] += 1
         i64[at["cum_classes"] + min(best, MAX_CLASSES)] += 1
-        stats = at["stats"] + slot * 5
-        f64[stats] += 1
-        f64[stats + 1] += top
-        f64[stats + 2] += margin
-        if top < f64[stats + 3]:
-            f64[stats + 3] = top
-        if top > f64[stats + 4]:
-            f64[stats + 4] = top
-        f64[at["cum_stats"]] += 1
-        f64[at["cum_stats"] + 1] += top
+        _add_stats(counts, slot, 1, top, margin, top, top)
 
     def _confidences(self, counts: _Counts, slot: int, value: Any) -> None:
         found = confidence(value)
@@ -311,15 +303,8 @@ class Monitor:
         spread = np.bincount(buckets, minlength=len(CONFIDENCE_BUCKETS))
         counts.confidence[slot] += spread
         counts.cum_confidence += spread
-        stats = counts.stats[slot]
-        top_sum = float(found.top.sum())
-        stats[0] += len(buckets)
-        stats[1] += top_sum
-        stats[2] += float(found.margin.sum())
-        stats[3] = min(stats[3], float(found.top.min()))
-        stats[4] = max(stats[4], float(found.top.max()))
-        counts.cum_stats[0] += len(buckets)
-        counts.cum_stats[1] += top_sum
+        _add_stats(counts, slot, len(buckets), float(found.top.sum()), float(found.margin.sum()), float(found.top.min()),
+                   float(found.top.max()))
         index = {label: i for i, label in enumerate(self._labels[:MAX_CLASSES])}  # type: ignore[index]
         for label in found.classes:
             counts.cum_classes[index.get(label, MAX_CLASSES)] += 1
@@ -335,22 +320,23 @@ class Monitor:
         return labels
 
     def _output(self, counts: _Counts, slot: int, value: Any) -> None:
+        """Count the watched output's finite values: how many, their sum, sum of squares, minimum and maximum."""
         values = np.asarray(value)
         if values.dtype.kind not in "biuf" or not values.size:
             return
-        values = values.astype(np.float64, copy=False).ravel()
-        values = values[np.isfinite(values) & (np.abs(values) < 1e150)]  # squares of larger ones overflow
-        if not values.size:
-            return
-        stats = counts.stats[slot]
-        total = float(values.sum())
-        stats[0] += values.size
-        stats[1] += total
-        stats[2] += float(np.dot(values, values))
-        stats[3] = min(stats[3], float(values.min()))
-        stats[4] = max(stats[4], float(values.max()))
-        counts.cum_stats[0] += values.size
-        counts.cum_stats[1] += total
+        if values.size <= SMALL_OUTPUT:
+            kept = [v for v in values.ravel().tolist() if v - v == 0]  # finite ones
+            if not kept:
+                return
+            n, total, squares, low, high = len(kept), sum(kept), sum(v * v for v in kept), min(kept), max(kept)
+        else:
+            flat = values.astype(np.float64, copy=False).ravel()
+            flat = flat[np.isfinite(flat)]
+            if not flat.size:
+                return
+            n, total, squares = flat.size, float(flat.sum()), float(np.dot(flat, flat))
+            low, high = float(flat.min()), float(flat.max())
+        _add_stats(counts, slot, n, total, squares, low, high)
 
     # -- the reference: stored by the upload, or collected from the first predictions ---------
 
@@ -583,6 +569,21 @@ class Monitor:
     def discard(self) -> None:
         """Forget this version's counts (the model version is deleted)."""
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _add_stats(counts: _Counts, slot: int, n: float, total: float, second: float, low: float, high: float) -> None:
+    """Add to a slot's value statistics (count, sum, second sum, min, max) and to the totals since start."""
+    f64, at = counts.f64, counts.at
+    stats = at["stats"] + slot * 5
+    f64[stats] += n
+    f64[stats + 1] += total
+    f64[stats + 2] += second
+    if low < f64[stats + 3]:
+        f64[stats + 3] = low
+    if high > f64[stats + 4]:
+        f64[stats + 4] = high
+    f64[at["cum_stats"]] += n
+    f64[at["cum_stats"] + 1] += total
 
 
 def _upload(sha256: str, created_at: str) -> str:

@@ -325,6 +325,7 @@ async function openModel(id) {
   $("response").textContent = "";
   $("response-meta").className = "muted";
   $("response-meta").textContent = "";
+  resetMonitoring();
   $("predict").focus();
 }
 
@@ -475,6 +476,7 @@ async function refreshVersions() {
     if (!current || current.id !== id) return;
     const gone = renderVersions(view);
     if (gone) setRequestVersion("");
+    loadMonitoring(); // a version added or deleted: its section too
     await showVersion($("predict-version").value || view.default);
   } catch (error) {
     $("versions-message").className = "error";
@@ -621,6 +623,248 @@ function uploadNewVersion() {
   $("upload-version").value = "";
   $("upload-file").focus();
   $("upload-file").scrollIntoView({ block: "center" });
+}
+
+// -- monitoring ----------------------------------------------------------------------------------
+
+// GET /models/<id>/monitoring, read while the Monitoring section is open: when it opens, when another model
+// is opened, and on its Refresh button; never on a timer. Every text from the server goes in as textContent.
+let monitoring = null; // the answer shown: {model_id, thresholds, versions: [report...]}
+let driftView = "window"; // the drift shown: "window" (the last seconds) or "last_n" (the last predictions)
+let monitoringRead = 0; // counts the reads: an answer that arrives after a newer read started is dropped
+
+const SVG = "http://www.w3.org/2000/svg"; // a namespace name, nothing is loaded from it
+const DRIFT = { ok: "ok", warn: "warn", alert: "alert", insufficient: "insufficient", no_reference: "no reference" };
+const VERDICTS = ["ok", "warn", "alert", "insufficient"];
+
+// Forget what was shown of another model; read it again if the section is open.
+function resetMonitoring() {
+  monitoring = null;
+  monitoringRead += 1;
+  $("monitoring").replaceChildren();
+  $("monitoring-message").className = "";
+  $("monitoring-message").textContent = "";
+  $("monitoring-refresh").disabled = false;
+  loadMonitoring();
+}
+
+async function loadMonitoring() {
+  if (!current || !$("monitoring-box").open) return;
+  const id = current.id;
+  const read = ++monitoringRead;
+  const message = $("monitoring-message");
+  $("monitoring-refresh").disabled = true;
+  message.className = "muted";
+  message.textContent = "Reading…";
+  let body = null;
+  let words = "";
+  try {
+    const response = await fetch(modelPath(id, "monitoring"), { headers: authHeaders(), cache: "no-store" });
+    if (response.ok) body = await response.json().catch(() => null); // not JSON: said below
+    else words = await explain(response);
+  } catch (error) {
+    words = `the server did not answer: ${error.message}`;
+  }
+  if (read !== monitoringRead) return; // another model, or a newer read: that one says what it found
+  $("monitoring-refresh").disabled = false;
+  if (body === null || typeof body !== "object") {
+    message.className = "error";
+    message.textContent = `Could not read the monitoring: ${words || "the answer was not a JSON object"}`;
+    return;
+  }
+  monitoring = body;
+  renderMonitoring();
+}
+
+function chooseDriftView(view) {
+  driftView = view;
+  for (const button of $("monitoring-box").querySelectorAll(".toggle button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.view === view));
+  }
+  if (monitoring) renderMonitoring(); // from the answer already read: the toggle asks the server nothing
+}
+
+function renderMonitoring() {
+  const reports = Array.isArray(monitoring.versions) ? monitoring.versions.filter((r) => r && typeof r === "object") : [];
+  const thresholds = monitoring.thresholds || {};
+  $("monitoring").replaceChildren(...reports.map((report) => monitorVersion(report, thresholds)));
+  $("monitoring-message").className = "muted";
+  $("monitoring-message").textContent = reports.length ? "" : "Nothing monitored yet.";
+}
+
+// A number as a person reads it: counts whole, the rest to 3 significant digits; "–" for none.
+function amount(value) {
+  if (typeof value !== "number" || !Number.isFinite(value)) return "–";
+  return Number.isInteger(value) ? String(value) : String(Number(value.toPrecision(3)));
+}
+
+function duration(seconds) {
+  if (typeof seconds !== "number" || !(seconds > 0)) return "window";
+  if (seconds % 3600 === 0) return `${seconds / 3600} h`;
+  if (seconds % 60 === 0) return `${seconds / 60} min`;
+  return `${seconds} s`;
+}
+
+function svg(name, attributes = {}, text = undefined) {
+  const node = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, String(value));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function element(name, className, text = undefined) {
+  const node = document.createElement(name);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// A long label cut to fit the chart's label column; the whole of it is in the row's tooltip.
+function shorten(text, length) {
+  return text.length > length ? `${text.slice(0, length - 1)}…` : text;
+}
+
+function figure(caption, ...content) {
+  const node = element("figure");
+  node.append(element("figcaption", "", caption), ...content);
+  return node;
+}
+
+// One version: its header line, then its charts.
+function monitorVersion(report, thresholds) {
+  const section = element("section", "monitor");
+  section.dataset.version = String(report.version ?? "");
+  const drift = report.drift || {};
+  const status = Object.hasOwn(DRIFT, drift.status) ? drift.status : "unknown";
+  const head = element("p", "monitor-head");
+  const name = element("strong");
+  appendBreakable(name, `version ${report.version ?? "?"}`);
+  const task = report.task || {};
+  const parts = [task.kind || "unknown task", referenceWords(report.reference), windowWords(report.windows)].filter(Boolean);
+  const badge = element("span", `badge drift-badge drift-${status}`, DRIFT[status] || "unknown");
+  head.append(name, ...parts.map((part) => ` · ${part}`), " · drift ", badge);
+  const regressor = task.kind === "regressor" || Boolean(report.output);
+  const classes = report.classes && typeof report.classes === "object" ? Object.entries(report.classes) : [];
+  const charts = element("div", "charts");
+  charts.append(regressor ? outputFigure(report.output, task) : confidenceFigure(report.confidence));
+  if (!regressor || classes.length) charts.append(classesFigure(classes));
+  charts.append(driftFigure(drift[driftView], drift.status, report.windows, thresholds));
+  section.append(head, charts);
+  return section;
+}
+
+function referenceWords(reference) {
+  if (!reference) return "no reference";
+  if (reference.source) return `reference: ${reference.source}, ${amount(reference.rows)} rows`;
+  const collecting = reference.collecting;
+  return collecting ? `reference: collecting ${amount(collecting.rows)}/${amount(collecting.target)}` : "no reference yet";
+}
+
+function windowWords(windows) {
+  const span = (windows || {}).window;
+  return span ? `${amount(span.predictions)} predictions in the last ${duration(span.seconds)}` : "";
+}
+
+// The classifier's confidence: a bar per bucket of top probability (bucket i holds (buckets[i-1], buckets[i]]),
+// drawn side by side at equal widths, and a dashed line at the mean.
+function confidenceFigure(confidence) {
+  const buckets = confidence && Array.isArray(confidence.buckets) ? confidence.buckets : [];
+  if (buckets.length === 0 || !(confidence.count > 0)) return figure("Confidence", element("p", "muted", "No predictions in the window yet."));
+  const counts = buckets.map((_, i) => (Array.isArray(confidence.counts) && Number(confidence.counts[i])) || 0);
+  const [width, height, top, bottom] = [320, 110, 4, 14];
+  const slot = width / buckets.length;
+  const most = Math.max(...counts) || 1;
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": "confidence histogram" });
+  const every = Math.ceil(buckets.length / 12); // a tick label under at most 12 bars
+  buckets.forEach((upper, i) => {
+    const tall = ((height - top - bottom) * counts[i]) / most;
+    const bar = svg("rect", { x: i * slot + 1, y: height - bottom - tall, width: slot - 2, height: tall, class: "bar confidence-bar" });
+    bar.append(svg("title", {}, `${amount(i ? buckets[i - 1] : 0)}–${amount(upper)}: ${counts[i]}`));
+    chart.append(bar);
+    if (i % every === 0) chart.append(svg("text", { x: (i + 0.5) * slot, y: height - 3, "text-anchor": "middle" }, amount(upper)));
+  });
+  const mean = confidence.mean;
+  const at = buckets.findIndex((upper) => mean <= upper);
+  if (typeof mean === "number" && at >= 0) { // its place inside its bucket, linearly
+    const lower = at ? buckets[at - 1] : 0;
+    const x = (at + (buckets[at] > lower ? (mean - lower) / (buckets[at] - lower) : 1)) * slot;
+    const line = svg("line", { x1: x, x2: x, y1: top, y2: height - bottom, class: "mean" });
+    line.append(svg("title", {}, `mean ${amount(mean)}`));
+    chart.append(line);
+  }
+  return figure(`Confidence of ${amount(confidence.count)} predictions · mean ${amount(mean)} · mean margin ${amount(confidence.mean_margin)}`, chart);
+}
+
+// A regressor's output: its summary numbers.
+function outputFigure(output, task) {
+  if (!output && task.kind === "regressor" && !task.output) return figure("Output", element("p", "muted", "No numeric output to read."));
+  if (!output || !(output.count > 0)) return figure("Output", element("p", "muted", "No predictions in the window yet."));
+  const list = element("dl", "numbers");
+  for (const key of ["count", "mean", "std", "min", "max"]) list.append(element("dt", "", key), element("dd", "", amount(output[key])));
+  return figure("Output", list);
+}
+
+function classesFigure(entries) {
+  if (entries.length === 0) return figure("Classes", element("p", "muted", "No classes counted yet."));
+  const rows = entries.map(([label, count]) => ({ label, value: Number(count) || 0, note: amount(count), className: "class-bar" }));
+  return figure("Classes", barChart(rows, 0, [], "class counts"));
+}
+
+// Drift per feature over the view chosen: PSI (or Jensen-Shannon where PSI is null), a bar each colored by
+// its verdict, against the warn and alert thresholds.
+function driftFigure(drift, status, windows, thresholds) {
+  const over = driftView === "last_n"
+    ? `the last ${amount(((windows || {}).last_n || {}).size)} predictions` : `the last ${duration(((windows || {}).window || {}).seconds)}`;
+  const none = status === "no_reference" ? "No reference to compare with yet." : "Not measured.";
+  if (!drift) return figure(`Drift over ${over}`, element("p", "muted", none));
+  const caption = `Drift over ${over}: ${DRIFT[drift.status] || "unknown"} · ${amount(drift.rows)} rows`;
+  const features = Array.isArray(drift.features) ? drift.features.filter((f) => f && typeof f === "object") : [];
+  if (features.length === 0) {
+    return figure(caption, element("p", "muted", drift.status === "no_reference" ? none : "No features measured."));
+  }
+  const method = thresholds.method === "js" ? "js" : "psi";
+  const rows = features.map((feature) => {
+    const metric = typeof feature[method] === "number" ? method : ["psi", "js"].find((m) => typeof feature[m] === "number");
+    const verdict = VERDICTS.includes(feature.verdict) ? feature.verdict : "unknown";
+    const label = String(feature.name ?? "?");
+    const value = metric ? feature[metric] : 0;
+    return {
+      label, value, feature: label, className: `drift-bar verdict-${verdict}`,
+      note: metric === undefined ? "–" : `${metric === method ? "" : `${metric} `}${amount(value)}`,
+      title: `${label}: ${feature.verdict ?? "no verdict"} · psi ${amount(feature.psi)} · js ${amount(feature.js)}`
+        + `${feature.missing ? ` · ${amount(feature.missing)} missing` : ""}`,
+    };
+  });
+  const marks = [["warn", thresholds.warn], ["alert", thresholds.alert]].filter(([, value]) => typeof value === "number")
+    .map(([kind, value]) => ({ kind, value }));
+  const top = Math.max(0, ...marks.map((m) => m.value)) * 1.25;
+  return figure(caption, barChart(rows, top, marks, `drift per feature (${method})`));
+}
+
+// Horizontal bars, a row each ({label, value, note, className, title, feature}), scaled to the largest value
+// or ``top``; ``marks`` are vertical lines at thresholds ({kind, value}).
+function barChart(rows, top, marks, label) {
+  const [width, left, right, row, head] = [320, 124, 46, 16, marks.length ? 13 : 0];
+  const height = head + rows.length * row + 2;
+  const scale = Math.max(top, ...rows.map((r) => r.value)) || 1;
+  const x = (value) => left + ((width - left - right) * Math.min(Math.max(value, 0), scale)) / scale;
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": label });
+  rows.forEach((r, i) => {
+    const y = head + i * row;
+    const group = svg("g", {});
+    if (r.feature !== undefined) group.dataset.feature = r.feature;
+    group.append(svg("title", {}, r.title || `${r.label}: ${r.note}`),
+      svg("text", { x: left - 4, y: y + 11, "text-anchor": "end" }, shorten(r.label, 22)),
+      svg("rect", { x: left, y: y + 3, width: x(r.value) - left, height: row - 6, class: `bar ${r.className}` }),
+      svg("text", { x: x(r.value) + 3, y: y + 11 }, r.note));
+    chart.append(group);
+  });
+  for (const mark of marks) {
+    const line = svg("line", { x1: x(mark.value), x2: x(mark.value), y1: head - 2, y2: height, class: `threshold threshold-${mark.kind}` });
+    line.append(svg("title", {}, `${mark.kind} at ${amount(mark.value)}`));
+    chart.append(line, svg("text", { x: x(mark.value), y: head - 4, "text-anchor": "middle", class: "threshold-label" }, mark.kind));
+  }
+  return chart;
 }
 
 async function predict() {
@@ -785,6 +1029,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("routing-default").addEventListener("change", syncRoutingInputs);
   $("predict-version").addEventListener("change", choosePredictVersion);
   $("new-version").addEventListener("click", uploadNewVersion);
+  $("monitoring-box").addEventListener("toggle", loadMonitoring);
+  $("monitoring-refresh").addEventListener("click", loadMonitoring);
+  for (const button of $("monitoring-box").querySelectorAll(".toggle button")) {
+    button.addEventListener("click", () => chooseDriftView(button.dataset.view));
+  }
   loadIdPattern();
   refreshStatus();
   refreshModels();

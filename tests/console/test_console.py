@@ -574,3 +574,172 @@ def test_a_version_still_loading_is_looked_at_again_until_ready(page, server):
     page.wait_for_selector("#versions tbody tr[data-version='v1.0.0'] td.state-ready", timeout=5000)
     assert page.inner_text("#versions tbody tr[data-version='v1.0.0'] td:nth-child(5)").endswith("UTC")
     assert script_errors(page) == []
+
+
+# Monitoring: the panel drawn from GET /models/<id>/monitoring (stubbed here: a rendering test; the endpoint has its own).
+
+def feature(name, verdict, psi, js, kind="numeric"):
+    return {"name": name, "kind": kind, "verdict": verdict, "psi": psi, "js": js, "live": [1, 2, 3], "reference": [2, 2, 2], "missing": 0}
+
+
+def report(version="1", **changes):
+    """A classifier's REPORT as the server describes it, with ``changes`` on top."""
+    return {
+        "model_id": "iris", "version": version,
+        "task": {"kind": "classifier", "output": "output_probability", "declared": False},
+        "reference": {"source": "upload", "rows": 150, "created_at": "2026-11-25T02:21:26.801Z",
+                      "features": ["sepal_length", "sepal_width", "petal_length", "species"], "collecting": None},
+        "windows": {"window": {"seconds": 3600, "predictions": 1234}, "last_n": {"size": 1000, "predictions": 1000}},
+        "confidence": {"count": 1234, "mean": 0.91, "mean_margin": 0.8,
+                       "buckets": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0],
+                       "counts": [0, 0, 0, 0, 3, 5, 10, 40, 100, 300, 700, 76]},
+        "classes": {"setosa": 400, "versicolor": 420, "other": 0},
+        "output": None,
+        "drift": {"status": "warn",
+                  "window": {"status": "alert", "rows": 1234, "features": [
+                      feature("sepal_length", "ok", 0.02, 0.05), feature("sepal_width", "warn", 0.15, 0.1),
+                      feature("petal_length", "alert", 0.4, 0.3), feature("species", "ok", None, 0.05, kind="categorical")]},
+                  "last_n": {"status": "alert", "rows": 1000, "features": [
+                      feature("sepal_length", "alert", 0.5, 0.4), feature("sepal_width", "ok", 0.01, 0.02),
+                      feature("petal_length", "ok", 0.03, 0.02), feature("species", "insufficient", None, 0.2, kind="categorical")]}},
+        **changes,
+    }
+
+
+def regressor_report(version="2"):
+    """A regressor with no reference yet: 230 of the 1000 rows it collects for one."""
+    return report(version, task={"kind": "regressor", "output": "variable", "declared": True},
+                  reference={"source": None, "rows": 0, "created_at": None, "features": [], "collecting": {"rows": 230, "target": 1000}},
+                  confidence=None, classes={}, output={"count": 230, "mean": 12.5, "std": 2.25, "min": 3, "max": 20.125},
+                  drift={"status": "no_reference", "window": {"status": "no_reference", "rows": 230, "features": []},
+                         "last_n": {"status": "no_reference", "rows": 230, "features": []}})
+
+
+THRESHOLDS = {"warn": 0.1, "alert": 0.25, "min_count": 100, "method": "psi"}
+
+
+def serve_monitoring(page, body, status=200, model_id="iris"):
+    """Answer the console's GET /models/<id>/monitoring with ``body`` (JSON) until told otherwise."""
+    pattern = f"**/models/{model_id}/monitoring"
+    page.unroute(pattern)
+    page.route(pattern, lambda route: route.fulfill(status=status, content_type="application/json", body=json.dumps(body)))
+
+
+def open_monitoring(page, model_id="iris"):
+    open_model(page, model_id)
+    page.click("#monitoring-box summary")
+    page.wait_for_selector("#monitoring .monitor, #monitoring-message.error, #monitoring-message:has-text('Nothing')")
+
+
+def drift_bars(page, version):
+    """The drift chart of a version: [feature, class, bar width] per bar, in order."""
+    return page.eval_on_selector_all(f"#monitoring section[data-version='{version}'] .drift-bar",
+                                     "bars => bars.map(b => [b.parentNode.dataset.feature, b.getAttribute('class'), Number(b.getAttribute('width'))])")
+
+
+def monitoring_requests(page):
+    return [url for url in page.requests if url.endswith("/monitoring")]
+
+
+def test_the_monitoring_panel_draws_each_version(page):
+    serve_monitoring(page, {"model_id": "iris", "thresholds": THRESHOLDS, "versions": [report("1"), regressor_report("2")]})
+    open_model(page, "iris")
+    assert monitoring_requests(page) == []  # read only when the section is opened
+    open_monitoring(page)
+    classifier = "#monitoring section[data-version='1']"
+    assert page.inner_text(f"{classifier} .monitor-head") == (
+        "version 1 · classifier · reference: upload, 150 rows · 1234 predictions in the last 1 h · drift warn")
+    assert page.get_attribute(f"{classifier} .drift-badge", "class") == "badge drift-badge drift-warn"
+    # the confidence histogram: a bar per bucket, the tallest for the most counted, and the mean
+    heights = page.eval_on_selector_all(f"{classifier} .confidence-bar", "bars => bars.map(b => Number(b.getAttribute('height')))")
+    assert len(heights) == 12 and heights.index(max(heights)) == 10 and heights[0] == 0
+    assert page.locator(f"{classifier} line.mean").count() == 1
+    assert "Confidence of 1234 predictions · mean 0.91 · mean margin 0.8" in page.inner_text(classifier)
+    assert page.eval_on_selector_all(f"{classifier} .class-bar", "bars => bars.map(b => b.parentNode.textContent)") == [
+        "setosa: 400setosa400", "versicolor: 420versicolor420", "other: 0other0"]
+    # drift over the window: a bar per feature colored by its verdict (JS where PSI is null), two threshold lines
+    window = drift_bars(page, "1")
+    assert [(name, kind) for name, kind, _ in window] == [
+        ("sepal_length", "bar drift-bar verdict-ok"), ("sepal_width", "bar drift-bar verdict-warn"),
+        ("petal_length", "bar drift-bar verdict-alert"), ("species", "bar drift-bar verdict-ok")]
+    assert window[0][2] < window[1][2] < window[2][2]
+    assert page.text_content(f"{classifier} g[data-feature='species']").endswith("js 0.05")
+    warn, alert = (float(page.get_attribute(f"{classifier} line.threshold-{kind}", "x1")) for kind in ("warn", "alert"))
+    assert page.locator(f"{classifier} line.threshold").count() == 2 and warn < alert
+    assert "Drift over the last 1 h: alert · 1234 rows" in page.inner_text(classifier)
+    # the last N predictions instead: other bars, from the answer already read
+    page.click("#monitoring-box .toggle button[data-view='last_n']")
+    page.wait_for_selector(f"{classifier} g[data-feature='sepal_length'] .verdict-alert")
+    last_n = drift_bars(page, "1")
+    assert [kind.split()[-1] for _, kind, _ in last_n] == ["verdict-alert", "verdict-ok", "verdict-ok", "verdict-insufficient"]
+    assert [width for *_, width in last_n] != [width for *_, width in window]
+    assert page.get_attribute("#monitoring-box .toggle button[data-view='last_n']", "aria-pressed") == "true"
+    assert "Drift over the last 1000 predictions: alert · 1000 rows" in page.inner_text(classifier)
+    # a regressor that is still collecting its reference
+    regressor = "#monitoring section[data-version='2']"
+    assert "reference: collecting 230/1000" in page.inner_text(f"{regressor} .monitor-head")
+    assert page.inner_text(f"{regressor} .drift-badge") == "no reference"
+    assert "drift-no_reference" in page.get_attribute(f"{regressor} .drift-badge", "class")
+    assert page.inner_text(f"{regressor} .numbers").split("\n") == ["count", "230", "mean", "12.5", "std", "2.25", "min", "3", "max", "20.1"]
+    assert page.locator(f"{regressor} .confidence-bar, {regressor} .drift-bar").count() == 0
+    assert "No reference to compare with yet." in page.inner_text(regressor)
+    assert len(monitoring_requests(page)) == 1  # the toggle asked the server nothing
+    page.click("#monitoring-refresh")
+    page.wait_for_function("() => !document.getElementById('monitoring-refresh').disabled")
+    assert len(monitoring_requests(page)) == 2
+    assert page.locator("#monitoring .monitor").count() == 2
+    page.set_viewport_size({"width": 390, "height": 844})  # at phone width the charts shrink to the card
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.evaluate("document.getElementById('panel').scrollWidth <= document.getElementById('panel').clientWidth")
+    assert script_errors(page) == []
+
+
+def test_the_monitoring_panel_says_what_went_wrong_and_writes_server_strings_as_text(page):
+    serve_monitoring(page, {"error": "model 'iris' is not registered", "code": "model_not_found"}, status=404)
+    open_monitoring(page)
+    assert page.inner_text("#monitoring-message") == "Could not read the monitoring: 404 Not Found: model 'iris' is not registered"
+    page.unroute("**/models/iris/monitoring")
+    page.route("**/models/iris/monitoring", lambda route: route.abort())
+    page.click("#monitoring-refresh")
+    page.wait_for_selector("#monitoring-message:has-text('the server did not answer')")
+
+    markup = "<img src=x onerror=alert(1)>"
+    hostile = report(f"{markup}v1", classes={markup: 3})
+    hostile["drift"]["window"]["features"][0]["name"] = markup
+    serve_monitoring(page, {"model_id": "iris", "thresholds": THRESHOLDS, "versions": [hostile]})
+    page.click("#monitoring-refresh")
+    page.wait_for_selector("#monitoring .monitor")
+    assert page.inner_text("#monitoring .monitor-head").startswith(f"version {markup}v1 · classifier")
+    assert page.eval_on_selector("#monitoring .drift-bar", "b => b.parentNode.dataset.feature") == markup
+    assert page.eval_on_selector("#monitoring .drift-bar", "b => b.parentNode.querySelector('title').textContent").startswith(f"{markup}: ok")
+    assert page.eval_on_selector("#monitoring .class-bar", "b => b.parentNode.querySelector('title').textContent") == f"{markup}: 3"
+    assert page.eval_on_selector("#monitoring .class-bar", "b => b.parentNode.querySelector('text').textContent") == markup[:21] + "…"
+    assert page.eval_on_selector_all("img", "e => e.length") == 0
+    assert page.inner_text("#monitoring-message") == ""
+
+    # fields missing or null, no thresholds: drawn with what there is, no script error
+    sparse = [{"version": "3", "task": None, "reference": None, "windows": None, "confidence": None, "classes": None, "output": None,
+               "drift": None}, {"version": "4"}, None, report("5", confidence={"count": 10, "buckets": None, "counts": None},
+                                                        drift={"status": "ok", "window": {"features": [{"name": "x"}, None]}})]
+    serve_monitoring(page, {"model_id": "iris", "versions": sparse})
+    page.click("#monitoring-refresh")
+    page.wait_for_selector("#monitoring section[data-version='5']")
+    assert page.inner_text("#monitoring section[data-version='3'] .monitor-head") == "version 3 · unknown task · no reference · drift unknown"
+    assert page.locator("#monitoring .monitor").count() == 3
+    assert page.locator("#monitoring .drift-bar, #monitoring line.threshold").count() == 1
+    serve_monitoring(page, {"model_id": "iris", "thresholds": THRESHOLDS, "versions": []})
+    page.click("#monitoring-refresh")
+    page.wait_for_selector("#monitoring-message:has-text('Nothing monitored yet.')")
+    assert page.locator("#monitoring .monitor").count() == 0
+    assert [e for e in script_errors(page) if e != "Failed to load resource: net::ERR_FAILED"] == []  # the request aborted above
+
+
+def test_the_monitoring_panel_against_the_real_endpoint(page, server, iris_bytes):
+    upload_through_api(server, iris_bytes, "iris_watch", name="Iris watched", version="v1")
+    for sample in ([5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]):
+        response = requests.post(server.url("/predict"), json={"model_id": "iris_watch", "features": sample}, timeout=10)
+        assert response.status_code == 200, response.text
+    open_monitoring(page, "iris_watch")
+    assert page.inner_text("#monitoring-message") == ""
+    assert page.inner_text("#monitoring section[data-version='v1'] .monitor-head").startswith("version v1 · classifier")
+    assert script_errors(page) == []
