@@ -167,6 +167,7 @@ class Registry:
         self._wake = threading.Event()
         self._loader_pid: int | None = None
         self.synced_once = False
+        self._reported = False  # models_changed called at least once in this process
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -369,6 +370,7 @@ class Registry:
                     self._models, self._pending = {}, {}
                 self._failed = {}
                 self._pid = os.getpid()
+                self._reported = False
             try:
                 stamp = self.store.dir_stamp()
                 stored = self.store.scan()
@@ -580,7 +582,9 @@ class Registry:
         )
 
     def _changed(self, before: dict[str, Model], after: dict[str, Model]) -> None:
-        if self._observer is not None and before.keys() != after.keys():
+        """Report the number of models served when it may have changed, and at the first look (0 included)."""
+        if self._observer is not None and (before.keys() != after.keys() or not self._reported):
+            self._reported = True
             self._observer.models_changed(len({model.id for model in after.values()}))
 
     def _swap(self, update: Callable[[dict[str, Model]], None]) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +16,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import requests
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -198,3 +202,39 @@ def sigterm_during(server, call, after_s: float = 0.8) -> tuple[float, int | Non
     code = server.stop(signal.SIGTERM, timeout=20)
     thread.join(30)
     return started, code
+
+
+@contextlib.contextmanager
+def running_prometheus(directory: Path, target: str, rule_files: list[Path] = ()):
+    """A real Prometheus scraping ``target`` every second, ``rule_files`` loaded and evaluated every second; yields its URL."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = directory / "prometheus.yml"
+    config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in rule_files],
+        "scrape_configs": [{"job_name": "nexus", "static_configs": [{"targets": [target]}]}],
+    }))
+    log_path = directory / "prometheus.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [shutil.which("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={directory / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 20
+            while not _ready(url):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("prometheus did not become ready:\n" + log_path.read_text())
+                time.sleep(0.2)
+            yield url
+        finally:
+            stop_process(proc)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 
 import pytest
 import requests
 
 from tests import models
-from tests.live.server import CLOSE, free_port, stop_process, upload
+from tests.live.server import CLOSE, running_prometheus, upload
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (Debian package prometheus)")
@@ -18,32 +17,8 @@ pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not in
 
 @pytest.fixture
 def prometheus(live, tmp_path):
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        f"scrape_configs:\n  - job_name: nexus\n    static_configs:\n      - targets: ['127.0.0.1:{live.port}']\n"
-    )
-    log = open(tmp_path / "prometheus.log", "wb")
-    proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                time.sleep(0.2)
-        else:
-            pytest.fail("prometheus did not become ready:\n" + (tmp_path / "prometheus.log").read_text())
+    with running_prometheus(tmp_path, f"127.0.0.1:{live.port}") as url:
         yield url
-    finally:
-        stop_process(proc)
-        log.close()
 
 
 def query(url: str, expression: str) -> float | None:
