@@ -166,6 +166,7 @@ class Registry:
         self._observer = observer
         self._wake = threading.Event()
         self._loader_pid: int | None = None
+        self._loader_ident: int | None = None
         self.synced_once = False
         self._reported = False  # models_changed called at least once in this process
 
@@ -356,7 +357,10 @@ class Registry:
         """
         self._reread()
         if self._loader_pid == os.getpid():
-            self._wake.set()
+            # The loader loads what this re-read found next; it never needs waking by itself (it
+            # spun through its 2 s look-again window when it did).
+            if self._pending and threading.get_ident() != self._loader_ident:
+                self._wake.set()
         else:
             self._load_pending()
         if self._missing:
@@ -604,6 +608,7 @@ class Registry:
         threading.Thread(target=self._loader, name="nexus-loader", daemon=True).start()
 
     def _loader(self) -> None:
+        self._loader_ident = threading.get_ident()
         last_clean = 0.0
         while True:
             try:
@@ -728,11 +733,10 @@ class Registry:
         log.info("model deleted", extra={"model_id": model_id})
 
     def _forget(self, keys: list[str]) -> None:
-        """Drop the monitoring counts of deleted versions (other workers' files included: one directory)."""
-        for key in keys:
-            model = self._models.get(key)
-            if model is not None and model.monitor is not None:
-                model.monitor.discard()
+        """Drop the monitoring counts of deleted versions (every worker's files: one directory each)."""
+        if self.monitoring is not None:
+            for key in keys:
+                self.monitoring.discard(key)
 
     def _on_disk(self, model_id: str) -> dict[str, tuple[str, int]]:
         """Return the model's versions as the directory has them now: version -> (key, sequence). Hold the claim."""

@@ -19,6 +19,7 @@ so its counts still count. Nothing here may fail a prediction: the caller catche
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import logging
@@ -566,10 +567,6 @@ class Monitor:
         status = worst(*(f["verdict"] for f in features)) if features else "insufficient"
         return {"status": status, "rows": rows, "features": features}
 
-    def discard(self) -> None:
-        """Forget this version's counts (the model version is deleted)."""
-        shutil.rmtree(self.directory, ignore_errors=True)
-
 
 def _add_stats(counts: _Counts, slot: int, n: float, total: float, second: float, low: float, high: float) -> None:
     """Add to a slot's value statistics (count, sum, second sum, min, max) and to the totals since start."""
@@ -632,7 +629,11 @@ class Monitoring:
         self.settings, self.store = settings, store
         if directory is None:
             base = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-            directory = Path(base) / "monitoring" if base else Path(tempfile.mkdtemp(prefix="nexus-monitoring-"))
+            if base:
+                directory = Path(base) / "monitoring"  # emptied with the metrics at every start
+            else:  # one process, no gunicorn (app.py, tests): a directory of its own, removed at exit
+                directory = Path(tempfile.mkdtemp(prefix="nexus-monitoring-"))
+                atexit.register(shutil.rmtree, directory, True)
         self.directory = directory
 
     def monitor(self, key: str, sha256: str, created_at: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
@@ -640,6 +641,13 @@ class Monitoring:
         if not self.settings.enabled:
             return None
         return Monitor(self, key, sha256, created_at, inputs, outputs, task)
+
+    def discard(self, key: str) -> None:
+        """Remove every worker's counts of version ``key`` (it is deleted), whichever upload of it they count."""
+        if self.directory.is_dir():
+            for path in self.directory.iterdir():
+                if path.name.rpartition(".")[0] == key:
+                    shutil.rmtree(path, ignore_errors=True)
 
     def sweep(self) -> None:
         """Remove the counts of versions the model directory no longer has (deleted, or uploaded anew),
