@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,15 +356,21 @@ class ModelStore:
                 self._write_json(self.routing_path(model_id), routing)
             _fsync_dir(self.directory)
 
-    def add_reference(self, key: str, sha256: str, reference: dict[str, Any]) -> bool:
+    def add_reference(self, key: str, sha256: str, reference: dict[str, Any], usable: Callable[[dict[str, Any] | None], bool]) -> bool:
         """Store a reference collected from predictions for version ``key``, unless the version is gone,
-        holds other bytes than ``sha256``, or has a reference already. Takes the model's claim (ModelBusy)."""
+        holds other bytes than ``sha256``, or has a reference already that ``usable`` accepts (one it
+        does not, or an unreadable one, is replaced). Takes the model's claim (ModelBusy)."""
         with self.claim(model_of(_valid_key(key))):
             try:
-                if self.read_sidecar(key).get("sha256") != sha256 or self.reference_path(key).exists():
+                if self.read_sidecar(key).get("sha256") != sha256:
                     return False
             except (OSError, ValueError):
                 return False
+            try:
+                if usable(self.read_reference(key)):
+                    return False
+            except (OSError, ValueError):
+                pass  # unreadable: replaced
             with writing():
                 self._write_json(self.reference_path(key), reference)
                 _fsync_dir(self.directory)

@@ -54,6 +54,8 @@ def _reference() -> tuple[str, bytes] | None:
     """The optional monitoring reference: sample inputs as CSV (with a header) or .npy, in field 'reference'."""
     storage = request.files.get("reference")
     if storage is None:
+        if "reference" in request.form:
+            raise BadInput("field 'reference' must be a file part (curl: -F reference=@samples.csv), not a text field")
         return None
     pending = next(p for p in request.environ.get("nexus.pending", ()) if p.file is storage.stream)
     size = pending.size()

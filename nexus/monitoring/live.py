@@ -55,6 +55,7 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 MAX_CLASSES = 100  # classes past the hundredth are counted as "other"
 OTHER_CLASS = "other"
 ONE_ROW_FEATURES = 16  # up to this many features, one sample is counted in plain Python (faster than numpy there)
+HUGE = 1e150  # output values beyond this (and NaN, infinities) are left out: their squares would overflow the sums
 SMALL_OUTPUT = 64  # outputs up to this many values are summed in plain Python
 REFERENCE_POLL_S = 1.0  # how often a worker without a reference looks for one
 _MAGIC = 0x4E58_4D4F_4E01
@@ -121,6 +122,7 @@ class _Counts:
 
     @classmethod
     def create(cls, path: Path, features: int, ring: int) -> _Counts:
+        """Map this process's counts file, made afresh (a file of an earlier process with this pid is replaced)."""
         _, size = _sections(features, ring)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -161,7 +163,7 @@ class Monitor:
         self.directory = owner.directory / f"{key}.{_upload(sha256, created_at)}"
         self.settings = owner.settings
         self._slot_s = self.settings.window_s / SLOTS
-        self._lock = threading.Lock()  # gRPC threads and HTTP share a worker's file
+        self._lock = owner.lock_for(self.directory)  # gRPC threads, HTTP, and a reloaded Monitor of the version share the file
         self._counts: _Counts | None = None
         self._pid = 0
         self._epoch = -1
@@ -208,6 +210,8 @@ class Monitor:
                         i64[totals + 2] += n
                     elif self._collect_fd is not None:
                         self._collect(np.array([row], np.float64) if row is not None else rows)  # type: ignore[arg-type]
+            elif value is not None:  # no watched input (text): the answer's rows are the predictions
+                i64[totals + 1] += len(value) if isinstance(value, list) else (np.shape(value)[0] if np.ndim(value) else 1)
             if value is not None:
                 if self.task.kind == "classifier":
                     self._confidence(counts, slot, value)
@@ -215,8 +219,7 @@ class Monitor:
                     self._output(counts, slot, value)
 
     def _open(self) -> _Counts:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._counts = _Counts.create(self.directory / f"{os.getpid()}.counts", len(self.layout.features), self.settings.last_n)
+        self._counts = self.owner.counts_file(self.directory, len(self.layout.features))
         self._pid, self._epoch, self._collect_fd, self._next_look = os.getpid(), -1, None, 0.0
         return self._counts
 
@@ -290,7 +293,7 @@ class Monitor:
         best = len(one) - 1 - one[::-1].index(top)  # a tie goes to the later class, as in a batch
         margin = top - max(one[:best] + one[best + 1:])
         bucket = min(bisect_left(CONFIDENCE_BUCKETS, top), len(CONFIDENCE_BUCKETS) - 1)
-        i64, f64, at = counts.i64, counts.f64, counts.at
+        i64, at = counts.i64, counts.at
         i64[at["confidence"] + slot * len(CONFIDENCE_BUCKETS) + bucket] += 1
         i64[at["cum_confidence"] + bucket] += 1
         i64[at["cum_classes"] + min(best, MAX_CLASSES)] += 1
@@ -326,13 +329,13 @@ class Monitor:
         if values.dtype.kind not in "biuf" or not values.size:
             return
         if values.size <= SMALL_OUTPUT:
-            kept = [v for v in values.ravel().tolist() if v - v == 0]  # finite ones
+            kept = [v for v in values.ravel().tolist() if -HUGE < v < HUGE]  # finite ones whose squares add up
             if not kept:
                 return
             n, total, squares, low, high = len(kept), sum(kept), sum(v * v for v in kept), min(kept), max(kept)
         else:
             flat = values.astype(np.float64, copy=False).ravel()
-            flat = flat[np.isfinite(flat)]
+            flat = flat[np.abs(flat) < HUGE]
             if not flat.size:
                 return
             n, total, squares = flat.size, float(flat.sum()), float(np.dot(flat, flat))
@@ -410,7 +413,8 @@ class Monitor:
                 rows = rows[: self.settings.reference_rows]
                 if len(rows) >= self.settings.reference_rows:
                     document = reference.from_rows(rows, self.layout, self.sha256)
-                    if self.owner.store.add_reference(self.key, self.sha256, document):
+                    usable = lambda stored: reference.sketches_of(stored, self.layout, self.sha256) is not None  # noqa: E731
+                    if self.owner.store.add_reference(self.key, self.sha256, document, usable):
                         log.info("reference collected", extra={"model_key": self.key, "rows": len(rows)})
             (self.directory / "collect.rows").unlink(missing_ok=True)
         except BlockingIOError:
@@ -627,6 +631,10 @@ class Monitoring:
 
     def __init__(self, settings: MonitoringSettings, store: ModelStore, directory: Path | None = None) -> None:
         self.settings, self.store = settings, store
+        self._guard = threading.Lock()
+        self._pid = os.getpid()
+        self._locks: dict[Path, threading.Lock] = {}
+        self._files: dict[Path, _Counts] = {}
         if directory is None:
             base = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
             if base:
@@ -642,12 +650,35 @@ class Monitoring:
             return None
         return Monitor(self, key, sha256, created_at, inputs, outputs, task)
 
+    def lock_for(self, directory: Path) -> threading.Lock:
+        """The lock of one version's counts in this process, shared by every Monitor of it (a version
+        unloaded and loaded again gets a new Monitor over the same file)."""
+        with self._guard:
+            if self._pid != os.getpid():
+                self._pid, self._locks, self._files = os.getpid(), {}, {}
+            return self._locks.setdefault(directory, threading.Lock())
+
+    def counts_file(self, directory: Path, features: int) -> _Counts:
+        """This process's counts file of one version, mapped once and kept while the version exists. Hold its lock."""
+        with self._guard:
+            counts = self._files.get(directory) if self._pid == os.getpid() else None
+            if counts is None:
+                directory.mkdir(parents=True, exist_ok=True)
+                counts = self._files[directory] = _Counts.create(directory / f"{os.getpid()}.counts", features, self.settings.last_n)
+            return counts
+
+    def _drop(self, directory: Path) -> None:
+        shutil.rmtree(directory, ignore_errors=True)
+        with self._guard:
+            self._files.pop(directory, None)
+            self._locks.pop(directory, None)
+
     def discard(self, key: str) -> None:
         """Remove every worker's counts of version ``key`` (it is deleted), whichever upload of it they count."""
         if self.directory.is_dir():
             for path in self.directory.iterdir():
                 if path.name.rpartition(".")[0] == key:
-                    shutil.rmtree(path, ignore_errors=True)
+                    self._drop(path)
 
     def sweep(self) -> None:
         """Remove the counts of versions the model directory no longer has (deleted, or uploaded anew),
@@ -663,4 +694,4 @@ class Monitoring:
             except (OSError, ValueError):
                 continue  # unreadable for now: decide later
             if sidecar is None or (sidecar.get("sha256") and _upload(str(sidecar["sha256"]), str(sidecar.get("created_at") or "")) != upload):
-                shutil.rmtree(path, ignore_errors=True)
+                self._drop(path)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from typing import Any
 
 import numpy as np
@@ -83,12 +84,24 @@ def sketches_of(document: dict[str, Any] | None, layout: Layout, sha256: str) ->
 
 
 def _npy(data: bytes) -> np.ndarray:
+    """Read a .npy of numbers, its header checked against the bytes there are before anything is allocated."""
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f".npy format version {version} is not read here; save with numpy's default")
+        shape, _, dtype = read_header(stream)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise BadInput(f"field 'reference': not a readable .npy array ({exc})") from None
+    if dtype.kind not in "biuf":
+        raise BadInput(f"field 'reference': a .npy of numbers is needed, not {dtype}")
+    if math.prod(shape) * dtype.itemsize > len(data) - stream.tell():
+        raise BadInput(f"field 'reference': the .npy header promises shape {list(shape)}, more than its {len(data)} bytes hold")
     try:
         table = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, MemoryError) as exc:
         raise BadInput(f"field 'reference': not a readable .npy array ({exc})") from None
-    if table.dtype.kind not in "biuf":
-        raise BadInput(f"field 'reference': a .npy of numbers is needed, not {table.dtype}")
     return table.astype(np.float64, copy=False)
 
 
@@ -97,7 +110,13 @@ def _csv(data: bytes, width: int) -> tuple[np.ndarray, list[str]]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise BadInput("field 'reference': neither a .npy array nor UTF-8 CSV text") from None
-    reader = csv.reader(io.StringIO(text))
+    try:
+        return _csv_rows(csv.reader(io.StringIO(text, newline="")), width)
+    except csv.Error as exc:
+        raise BadInput(f"field 'reference': not readable as CSV ({exc})") from None
+
+
+def _csv_rows(reader: Any, width: int) -> tuple[np.ndarray, list[str]]:
     header = next(reader, None)
     if not header:
         raise BadInput("field 'reference': the CSV is empty; send a header row, then one row per sample")
@@ -109,12 +128,12 @@ def _csv(data: bytes, width: int) -> tuple[np.ndarray, list[str]]:
     if len(set(names)) != len(names) or not all(names) or max(map(len, names)) > 64:
         raise BadInput("field 'reference': CSV column names must be distinct, not empty, and at most 64 characters")
     rows = []
-    for number, row in enumerate(reader, start=2):
+    for row in reader:
         if not row or all(not cell.strip() for cell in row):
             continue
         values = _numbers(row)
         if values is None or len(values) != width:
-            raise BadInput(f"field 'reference': CSV line {number} is not {width} numbers")
+            raise BadInput(f"field 'reference': CSV line {reader.line_num} is not {width} numbers")
         rows.append(values)
         if len(rows) > MAX_ROWS:
             break
