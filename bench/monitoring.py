@@ -70,21 +70,55 @@ def upload(url: str, path: Path, model_id: str, reference: tuple[str, bytes] | N
     response.raise_for_status()
 
 
-def in_process(seconds: float) -> list[str]:
-    """``Monitor.observe`` alone, and a report over 4 workers' files."""
-    import os
-
+def _app(monitoring: bool):
+    """An app (no gunicorn) with iris and the MLP uploaded with their references."""
     from nexus import create_app
     from tests import models
 
     work = Path(tempfile.mkdtemp(prefix="nexus-bench-monitoring-"))
-    app = create_app({"model_dir": work / "models", "log_level": "WARNING"})
     (work / "models").mkdir()
+    app = create_app({"model_dir": work / "models", "log_level": "WARNING", "monitoring": monitoring})
     client = app.test_client()
     refs = references()
     for model_id, data in (("iris", models.iris_classifier()), ("mlp", models.mlp(784, 256, 10))):
-        client.post("/models/upload", data={"file": (io.BytesIO(data), "m.onnx"), "id": model_id, "name": model_id, "version": "1",
-                                            "reference": (io.BytesIO(refs[model_id][1]), refs[model_id][0])}).get_json()
+        response = client.post("/models/upload", data={"file": (io.BytesIO(data), "m.onnx"), "id": model_id, "name": model_id,
+                                                       "version": "1", "reference": (io.BytesIO(refs[model_id][1]), refs[model_id][0])})
+        assert response.status_code == 201, response.get_json()
+    return app
+
+
+def _request(app, case: Case):
+    """A call of ``case`` straight through the app's WSGI stack (the middleware's hot path), as gunicorn makes it."""
+    from werkzeug.test import EnvironBuilder
+
+    environ = EnvironBuilder(path=case.path, method="POST", data=case.body, headers=case.headers).get_environ()
+
+    def call():
+        environ["wsgi.input"] = io.BytesIO(case.body)
+        b"".join(app.wsgi_app(dict(environ), lambda status, headers, exc_info=None: None))
+
+    return call
+
+
+def whole_requests(seconds: float) -> list[str]:
+    """Whole requests in one process, monitoring off against on, interleaved: the per-request cost without the network's noise."""
+    from bench.limits import paired
+
+    off, on = _app(False), _app(True)
+    time.sleep(2.5)  # past the registry's look-again window after the uploads (requests then stat the model's files)
+    rows = []
+    for case in cases():
+        before, after = paired(_request(off, case), _request(on, case), 7, seconds)
+        rows.append(f"| {case.name} | {before:.1f} µs | {after:.1f} µs | {after - before:+.1f} µs |")
+    return rows
+
+
+def in_process(seconds: float) -> list[str]:
+    """``Monitor.observe`` alone, and a report over 4 workers' files."""
+    import os
+
+    app = _app(True)
+    time.sleep(2.5)
     registry = app.extensions["nexus"].registry
     iris, mlp = registry.get("iris"), registry.get("mlp")
     rng = np.random.default_rng(3)
@@ -134,10 +168,11 @@ def main() -> None:
         for server in servers.values():
             for case in benchmark:
                 wrk(server.url + case.path, lua_script(case, work), 8, 1)  # warm-up, unrecorded
-        for _ in range(args.rounds):
-            for label, server in servers.items():
-                for case in benchmark:
-                    for level in levels:
+        for round_ in range(args.rounds):
+            for case in benchmark:
+                for level in levels:
+                    for label in list(servers)[:: 1 if round_ % 2 else -1]:  # back to back, the first one alternating
+                        server = servers[label]
                         measure = wrk(server.url + case.path, lua_script(case, work), level, args.duration)
                         results.setdefault((label, case.name, level), []).append(measure)
                         print(f"{label:15} {case.name:20} c={level:<3} {measure.rps:9.1f} req/s  p50 {measure.p50_ms:.3f} ms"
@@ -146,20 +181,21 @@ def main() -> None:
     finally:
         for server in servers.values():
             server.stop()
-    section = render(args, levels, benchmark, {k: median_of(v) for k, v in results.items()}, status, in_process(0.2))
+    section = render(args, levels, benchmark, {k: median_of(v) for k, v in results.items()}, status, in_process(0.2),
+                     whole_requests(0.3))
     print(section)
     if not args.print:
         write_section(BEGIN, END, section)
 
 
-def render(args, levels, benchmark, results, status, micro) -> str:
+def render(args, levels, benchmark, results, status, micro, whole) -> str:
     lines = [
         BEGIN,
         "## Monitoring",
         "",
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} with `python bench/monitoring.py`: two servers, one "
-        f"sync worker each on the same core, wrk on the other, {args.duration} s per run, the median of {args.rounds} rounds in "
-        "which the two take turns. Both models were uploaded with a reference, so every request on the first server is "
+        f"sync worker each on the same core, wrk on the other, {args.duration} s per run, the median of {args.rounds} rounds; "
+        "each case runs on the two back to back, which one first alternating by round. Both models were uploaded with a reference, so every request on the first server is "
         "binned against it and its confidence counted. Requests per second (p50 latency), and the cost per request "
         "derived from the two throughputs at c=1:",
         "",
@@ -182,6 +218,14 @@ def render(args, levels, benchmark, results, status, micro) -> str:
         "",
         f"After the runs the iris report showed {window['requests']:,} requests counted in the window, drift status "
         f"`{status['drift']['status']}` (the benchmark sends one fixed row, so it drifts by design).",
+        "",
+        "Through the network a few microseconds drown in the machine's noise (runs of one server differ by 5 to 10 %). "
+        "The same requests in one process, through the app's whole WSGI stack as gunicorn calls it, monitoring off "
+        "against on, interleaved (median of 7):",
+        "",
+        "| case | monitoring off | monitoring on | cost per request |",
+        "|---|---|---|---|",
+        *whole,
         *micro_table(micro),
         END,
     ]

@@ -44,8 +44,7 @@ def confidence(value: Any) -> Confidence | None:
     scores, labels = found
     if not len(scores):
         return Confidence([], np.zeros(0), np.zeros(0))
-    order = np.argsort(scores, axis=1)
-    rows = np.arange(len(scores))
-    top = scores[rows, order[:, -1]]
-    second = scores[rows, order[:, -2]]
-    return Confidence([labels[i] for i in order[:, -1]], top, top - second)
+    best = scores.argmax(axis=1)  # a tie goes to the first class
+    top = scores[np.arange(len(scores)), best]
+    second = np.partition(scores, -2, axis=1)[:, -2]
+    return Confidence([labels[i] for i in best], top, top - second)

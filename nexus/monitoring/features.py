@@ -134,9 +134,10 @@ def _summaries(flat: np.ndarray) -> np.ndarray:
     """Per sample of ``flat`` ([samples, values]): mean, standard deviation, minimum, maximum, share of zeros.
 
     Reductions called directly on the ufuncs: numpy's mean and std wrappers cost more than the
-    arithmetic on a few hundred values.
+    arithmetic on a few hundred values. Float32 inputs are reduced in float32 (a summary's
+    precision is plenty for binning), not copied to float64 first.
     """
-    values = flat.astype(np.float64, copy=False)
+    values = flat if flat.dtype.kind == "f" else flat.astype(np.float64)
     n = values.shape[1]
     if n == 0:
         return np.full((values.shape[0], len(SUMMARIES)), np.nan)

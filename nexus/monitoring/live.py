@@ -32,7 +32,7 @@ import time
 from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -116,6 +116,7 @@ class _Counts:
         for name, (dtype, shape, offset) in sections.items():
             setattr(self, name, np.ndarray(shape, dtype, buffer=buffer, offset=offset))
             self.at[name] = offset // 8
+        self.features, self.ring = features, ring
         self.i64 = memoryview(buffer).cast("q")
         self.f64 = memoryview(buffer).cast("d")
         self.u8 = memoryview(buffer).cast("B")
@@ -152,6 +153,17 @@ class _Counts:
         return cls(bytearray(data), features, ring)
 
 
+class _Offsets(NamedTuple):
+    """Where the one-row path writes in a counts file's flat views (in 8-byte words; ``ring_bytes`` in bytes)."""
+
+    position: int  # rows ever written to the ring (header[6])
+    ring_time: int
+    ring_bytes: int
+    cum_confidence: int
+    cum_classes: int
+    cum_stats: int
+
+
 class Monitor:
     """What one worker watches of one model version: counting on the hot path, reporting on demand."""
 
@@ -165,7 +177,6 @@ class Monitor:
         self._slot_s = self.settings.window_s / SLOTS
         self._lock = owner.lock_for(self.directory)  # gRPC threads, HTTP, and a reloaded Monitor of the version share the file
         self._counts: _Counts | None = None
-        self._pid = 0
         self._epoch = -1
         self._slot = 0
         self._labels: list[str] | None = None
@@ -182,17 +193,18 @@ class Monitor:
         """Count one request: its inputs' features (``feeds``) and the task output's ``value``.
 
         One sample (the common request) takes a plain-Python path over the shared memory; a batch
-        takes numpy's. Both count the same.
+        takes numpy's. Both count the same. (A Monitor lives in one process: the registry makes
+        its models anew after a fork.)
         """
         now = time.time()
         with self._lock:
-            counts = self._counts if self._pid == os.getpid() else self._open()
+            counts = self._counts or self._open()
             epoch = int(now / self._slot_s)
             if epoch != self._epoch:
                 self._rotate(counts, epoch)
             slot = self._slot
             i64 = counts.i64
-            totals = counts.at["totals"] + slot * 3
+            totals = self._at_totals
             i64[totals] += 1
             if self.layout.inputs:
                 row = self.layout.row(feeds) if self._one_row else None
@@ -204,7 +216,7 @@ class Monitor:
                         self._look_for_reference(now)
                     if self._sketches is not None:
                         if row is not None:
-                            self._count_one(counts, slot, row, now)
+                            self._count_one(counts, row, now)
                         else:
                             self._count(counts, slot, rows, now)  # type: ignore[arg-type]
                         i64[totals + 2] += n
@@ -219,9 +231,12 @@ class Monitor:
                     self._output(counts, slot, value)
 
     def _open(self) -> _Counts:
-        self._counts = self.owner.counts_file(self.directory, len(self.layout.features))
-        self._pid, self._epoch, self._collect_fd, self._next_look = os.getpid(), -1, None, 0.0
-        return self._counts
+        counts = self._counts = self.owner.counts_file(self.directory, len(self.layout.features))
+        at = counts.at
+        self._at = _Offsets(at["header"] + 6, at["ring_time"], at["ring_bins"] * 8, at["cum_confidence"], at["cum_classes"],
+                            at["cum_stats"])
+        self._epoch = -1
+        return counts
 
     def _rotate(self, counts: _Counts, epoch: int) -> None:
         slot = epoch % SLOTS
@@ -233,26 +248,31 @@ class Monitor:
             counts.stats[slot] = (0, 0, 0, np.inf, -np.inf)
             counts.epoch[slot] = epoch
         self._epoch, self._slot = epoch, slot
+        at = counts.at  # where this slot's sections start, for the one-row path
+        self._at_totals = at["totals"] + slot * 3
+        self._at_bins = at["bins"] + slot * counts.features * BINS
+        self._at_confidence = at["confidence"] + slot * len(CONFIDENCE_BUCKETS)
+        self._at_stats = at["stats"] + slot * 5
 
-    def _count_one(self, counts: _Counts, slot: int, row: list[float], now: float) -> None:
-        i64, at = counts.i64, counts.at
-        base = at["bins"] + slot * len(row) * BINS
-        position = i64[at["header"] + 6]
-        at_ring = position % self.settings.last_n
-        ring = counts.u8
-        at_bins = at["ring_bins"] * 8 + at_ring * len(row)
-        edges, categories = self._edge_lists, self._category_index
+    def _count_one(self, counts: _Counts, row: list[float], now: float) -> None:
+        i64, at = counts.i64, self._at
+        base = self._at_bins
+        position = i64[at.position]
+        at_ring = position % counts.ring
+        found = []
         for f, x in enumerate(row):
             if x - x != 0:  # NaN or infinite
                 b = MISSING
-            elif categories[f] is None:
-                b = bisect_left(edges[f], x)
             else:
-                b = categories[f].get(x, len(categories[f]))
-            i64[base + f * BINS + b] += 1
-            ring[at_bins + f] = b
-        counts.f64[at["ring_time"] + at_ring] = now
-        i64[at["header"] + 6] = position + 1
+                categories = self._category_index[f]
+                b = bisect_left(self._edge_lists[f], x) if categories is None else categories.get(x, len(categories))
+            i64[base + b] += 1
+            base += BINS
+            found.append(b)
+        start = at.ring_bytes + at_ring * len(row)
+        counts.u8[start:start + len(row)] = bytes(found)
+        counts.f64[at.ring_time + at_ring] = now
+        i64[at.position] = position + 1
 
     def _count(self, counts: _Counts, slot: int, rows: np.ndarray, now: float) -> None:
         bins = (rows[:, :, None] > self._edges).sum(axis=2)
@@ -290,14 +310,23 @@ class Monitor:
             self._confidences(counts, slot, value)
             return
         top = max(one)
-        best = len(one) - 1 - one[::-1].index(top)  # a tie goes to the later class, as in a batch
-        margin = top - max(one[:best] + one[best + 1:])
+        best = one.index(top)  # a tie goes to the first class, as in a batch
+        margin = top - (sorted(one)[-2] if len(one) > 2 else min(one))
         bucket = min(bisect_left(CONFIDENCE_BUCKETS, top), len(CONFIDENCE_BUCKETS) - 1)
-        i64, at = counts.i64, counts.at
-        i64[at["confidence"] + slot * len(CONFIDENCE_BUCKETS) + bucket] += 1
-        i64[at["cum_confidence"] + bucket] += 1
-        i64[at["cum_classes"] + min(best, MAX_CLASSES)] += 1
-        _add_stats(counts, slot, 1, top, margin, top, top)
+        i64, f64, at = counts.i64, counts.f64, self._at
+        i64[self._at_confidence + bucket] += 1
+        i64[at.cum_confidence + bucket] += 1
+        i64[at.cum_classes + (best if best < MAX_CLASSES else MAX_CLASSES)] += 1
+        stats = self._at_stats
+        f64[stats] += 1
+        f64[stats + 1] += top
+        f64[stats + 2] += margin
+        if top < f64[stats + 3]:
+            f64[stats + 3] = top
+        if top > f64[stats + 4]:
+            f64[stats + 4] = top
+        f64[at.cum_stats] += 1
+        f64[at.cum_stats + 1] += top
 
     def _confidences(self, counts: _Counts, slot: int, value: Any) -> None:
         found = confidence(value)
