@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.limits import micro_table, per_call_us  # noqa: E402
-from bench.run import BATCH, Case, Measure, Server, bench_models, lua_script, median_of, rounds_arguments, wrk, write_section  # noqa: E402
+from bench.run import BATCH, Case, Measure, Server, bench_models, lua_script, median_of, rounds_arguments, v2_body, wrk, write_section  # noqa: E402
 
 BEGIN, END = "<!-- monitoring: written by bench/monitoring.py -->", "<!-- /monitoring -->"
 IRIS_MEAN, IRIS_STD = np.array([5.8, 3.0, 3.8, 1.2]), np.array([0.8, 0.4, 1.8, 0.8])
@@ -39,16 +39,12 @@ IRIS_MEAN, IRIS_STD = np.array([5.8, 3.0, 3.8, 1.2]), np.array([0.8, 0.4, 1.8, 0
 
 def cases() -> list[Case]:
     x = np.random.default_rng(1).random((BATCH, 784), dtype=np.float32)
-    raw = x.astype("<f4").tobytes()
-    header = json.dumps({"inputs": [{"name": "X", "shape": [BATCH, 784], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": len(raw)}}],
-                         "outputs": [{"name": "Y", "parameters": {"binary_data": True}}]}).encode()
+    body, headers = v2_body(x, binary=True)
     ok = lambda data, headers: True  # noqa: E731 (bench/run.py checks the answers)
     return [
         Case("iris /predict", "/predict", json.dumps({"model_id": "iris", "features": [5.1, 3.5, 1.4, 0.2]}).encode(), 1, ok),
         Case("mlp-1 /predict", "/predict", json.dumps({"model_id": "mlp", "features": x[0].tolist()}).encode(), 1, ok),
-        Case(f"mlp-{BATCH} v2 binary", "/v2/models/mlp/infer", header + raw, BATCH, ok,
-             {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}),
+        Case(f"mlp-{BATCH} v2 binary", "/v2/models/mlp/infer", body, BATCH, ok, headers),
     ]
 
 

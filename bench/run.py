@@ -86,6 +86,17 @@ class Case:
     naive: bool = True  # the naive app serves this case too
 
 
+def v2_body(x: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str]]:
+    """A V2 request for the MLP's input X (JSON, or binary with Y asked back in binary), and its headers."""
+    if not binary:
+        document = {"inputs": [{"name": "X", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+        return json.dumps(document).encode(), {"Content-Type": "application/json"}
+    raw = x.astype("<f4").tobytes()
+    header = json.dumps({"inputs": [{"name": "X", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
+                         "outputs": [{"name": "Y", "parameters": {"binary_data": True}}]}).encode()
+    return header + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+
+
 def make_cases(model_dir: Path) -> list[Case]:
     rng = np.random.default_rng(1)
     iris_x = np.array([[5.1, 3.5, 1.4, 0.2]], np.float32)
@@ -108,15 +119,6 @@ def make_cases(model_dir: Path) -> list[Case]:
             size = int(headers["Inference-Header-Content-Length"])
             return np.allclose(np.frombuffer(data[size:], "<f4").reshape(want.shape), want, atol=1e-4)
         return check
-
-    def v2_body(x, binary):
-        if not binary:
-            document = {"inputs": [{"name": "X", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
-            return json.dumps(document).encode(), {"Content-Type": "application/json"}
-        raw = x.astype("<f4").tobytes()
-        header = json.dumps({"inputs": [{"name": "X", "shape": list(x.shape), "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
-                             "outputs": [{"name": "Y", "parameters": {"binary_data": True}}]}).encode()
-        return header + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
 
     cases = [
         Case("iris /predict", "/predict", json.dumps({"model_id": "iris", "features": iris_x[0].tolist()}).encode(), 1,

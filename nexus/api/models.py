@@ -57,20 +57,17 @@ def monitoring(model_id: str):
     """Confidence, class counts and input drift of each loaded version, merged over every worker of this server."""
     require_predict_token()
     registry = nexus().registry
-    versions = registry.versions_of(model_id)
-    return json_response({"model_id": model_id, "thresholds": _thresholds(), "versions": [_monitoring(m) for m in versions]})
+    versions = registry.versions_of(model_id)  # an unknown model is a 404 model_not_found first
+    if registry.monitoring is None:
+        raise MonitoringOff()
+    return json_response({"model_id": model_id, "thresholds": registry.monitoring.settings.thresholds(),
+                          "versions": [_monitoring(m) for m in versions]})
 
 
 @bp.get("/models/<model_id>/versions/<version>/monitoring")
 def version_monitoring(model_id: str, version: str):
     require_predict_token()
     return json_response(_monitoring(nexus().registry.get(model_id, version)))
-
-
-def _thresholds() -> dict:
-    settings = nexus().settings
-    return {"warn": settings.drift_warn, "alert": settings.drift_alert, "min_count": settings.drift_min_count, "method": "psi",
-            "window_seconds": settings.drift_window_s, "last_n": settings.drift_last_n, "reference_rows": settings.reference_rows}
 
 
 def _monitoring(model: Model) -> dict:

@@ -313,20 +313,24 @@ class Monitor:
         best = one.index(top)  # a tie goes to the first class, as in a batch
         margin = top - (sorted(one)[-2] if len(one) > 2 else min(one))
         bucket = min(bisect_left(CONFIDENCE_BUCKETS, top), len(CONFIDENCE_BUCKETS) - 1)
-        i64, f64, at = counts.i64, counts.f64, self._at
+        i64, at = counts.i64, self._at
         i64[self._at_confidence + bucket] += 1
         i64[at.cum_confidence + bucket] += 1
         i64[at.cum_classes + (best if best < MAX_CLASSES else MAX_CLASSES)] += 1
-        stats = self._at_stats
-        f64[stats] += 1
-        f64[stats + 1] += top
-        f64[stats + 2] += margin
-        if top < f64[stats + 3]:
-            f64[stats + 3] = top
-        if top > f64[stats + 4]:
-            f64[stats + 4] = top
-        f64[at.cum_stats] += 1
-        f64[at.cum_stats + 1] += top
+        self._add_stats(counts.f64, 1, top, margin, top, top)
+
+    def _add_stats(self, f64: memoryview, n: float, total: float, second: float, low: float, high: float) -> None:
+        """Add to the current slot's value statistics (count, sum, second sum, min, max) and to the totals since start."""
+        stats, cum = self._at_stats, self._at.cum_stats
+        f64[stats] += n
+        f64[stats + 1] += total
+        f64[stats + 2] += second
+        if low < f64[stats + 3]:
+            f64[stats + 3] = low
+        if high > f64[stats + 4]:
+            f64[stats + 4] = high
+        f64[cum] += n
+        f64[cum + 1] += total
 
     def _confidences(self, counts: _Counts, slot: int, value: Any) -> None:
         found = confidence(value)
@@ -336,8 +340,8 @@ class Monitor:
         spread = np.bincount(buckets, minlength=len(CONFIDENCE_BUCKETS))
         counts.confidence[slot] += spread
         counts.cum_confidence += spread
-        _add_stats(counts, slot, len(buckets), float(found.top.sum()), float(found.margin.sum()), float(found.top.min()),
-                   float(found.top.max()))
+        self._add_stats(counts.f64, len(buckets), float(found.top.sum()), float(found.margin.sum()), float(found.top.min()),
+                        float(found.top.max()))
         index = {label: i for i, label in enumerate(self._labels[:MAX_CLASSES])}  # type: ignore[index]
         for label in found.classes:
             counts.cum_classes[index.get(label, MAX_CLASSES)] += 1
@@ -369,13 +373,9 @@ class Monitor:
                 return
             n, total, squares = flat.size, float(flat.sum()), float(np.dot(flat, flat))
             low, high = float(flat.min()), float(flat.max())
-        _add_stats(counts, slot, n, total, squares, low, high)
+        self._add_stats(counts.f64, n, total, squares, low, high)
 
     # -- the reference: stored by the upload, or collected from the first predictions ---------
-
-    @property
-    def sketches(self) -> list[sketch.FeatureSketch] | None:
-        return self._sketches
 
     def _use(self, sketches: list[sketch.FeatureSketch]) -> None:
         edges = np.full((len(sketches), sketch.BINS - 1), np.inf)
@@ -599,21 +599,6 @@ class Monitor:
                              "reference": list(sketched.counts)})
         status = worst(*(f["verdict"] for f in features)) if features else "insufficient"
         return {"status": status, "rows": rows, "features": features}
-
-
-def _add_stats(counts: _Counts, slot: int, n: float, total: float, second: float, low: float, high: float) -> None:
-    """Add to a slot's value statistics (count, sum, second sum, min, max) and to the totals since start."""
-    f64, at = counts.f64, counts.at
-    stats = at["stats"] + slot * 5
-    f64[stats] += n
-    f64[stats + 1] += total
-    f64[stats + 2] += second
-    if low < f64[stats + 3]:
-        f64[stats + 3] = low
-    if high > f64[stats + 4]:
-        f64[stats + 4] = high
-    f64[at["cum_stats"]] += n
-    f64[at["cum_stats"] + 1] += total
 
 
 def _upload(sha256: str, created_at: str) -> str:
