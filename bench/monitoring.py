@@ -7,10 +7,11 @@ Two gunicorn servers, one sync worker each, both pinned to core 0 (wrk on core 1
 ``bench/run.py``): one with monitoring on (every model has an uploaded reference, so every
 request is binned and its confidence counted), one with NEXUS_MONITORING=0. They take turns
 under wrk in each round, so the machine's drift hits both alike; each cell is the median of the
-rounds. Then, in one process, ``Monitor.observe`` alone: one iris row, one 784-pixel row (the
-wide path: 5 summaries), a batch of 32 of those, before and after a million observations
-(the cost must not grow with traffic), and what a report (the merge behind
-``/models/<id>/monitoring`` and /metrics) costs over 4 workers' files.
+rounds. Then, in one process, ``Monitor.observe`` alone, in a loop: each call queues its
+prediction and every ``FLUSH_AT``-th counts the queue, so a call's time is its share of the
+whole work: one iris row, one 784-pixel row (the wide path: 5 summaries), a batch of 32 of
+those, before and after a million observations (the cost must not grow with traffic), and what
+a report (the merge behind ``/models/<id>/monitoring`` and /metrics) costs over 4 workers' files.
 """
 
 from __future__ import annotations
@@ -126,13 +127,13 @@ def in_process(seconds: float) -> list[str]:
     batch_out = mlp.runtime.run(batch)[0]
     median = lambda call: statistics.median(per_call_us(call, seconds) for _ in range(5))  # noqa: E731
     rows = [
-        ("`observe`, iris, one row (classifier)", median(lambda: iris.monitor.observe(one, iris_out))),
-        ("`observe`, MLP 784, one row (5 summaries)", median(lambda: mlp.monitor.observe(pixels, mlp_out))),
-        (f"`observe`, MLP 784, batch of {BATCH}", median(lambda: mlp.monitor.observe(batch, batch_out))),
+        ("`observe` and its share of counting, iris, one row (classifier)", median(lambda: iris.monitor.observe(one, iris_out))),
+        ("`observe` and its share of counting, MLP 784, one row (5 summaries)", median(lambda: mlp.monitor.observe(pixels, mlp_out))),
+        (f"`observe` and its share of counting, MLP 784, batch of {BATCH}", median(lambda: mlp.monitor.observe(batch, batch_out))),
     ]
     for _ in range(1_000_000):
         iris.monitor.observe(one, iris_out)
-    rows.append(("`observe`, iris, one row, after 1,000,000 more", median(lambda: iris.monitor.observe(one, iris_out))))
+    rows.append(("`observe` and its share of counting, iris, one row, after 1,000,000 more", median(lambda: iris.monitor.observe(one, iris_out))))
     source = next(iris.monitor.directory.glob("*.counts"))
     for fake in (1, 2, 3):  # three more workers' files, as under gunicorn with 4 workers
         (source.parent / f"{os.getpid() + 100000 + fake}.counts").write_bytes(source.read_bytes())

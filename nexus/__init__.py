@@ -55,7 +55,7 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
     watch = MonitoringSettings(settings.monitoring, settings.reference_rows, settings.drift_window_s, settings.drift_last_n,
                                settings.drift_warn, settings.drift_alert, settings.drift_min_count)
     registry = Registry(store, settings.ort_threads, observer=metrics, limits=settings.limits, load_wait_s=settings.load_wait_s,
-                        monitoring=Monitoring(watch, store) if settings.monitoring else None)
+                        monitoring=Monitoring(watch, store, failed=metrics.monitoring_failed) if settings.monitoring else None)
     app.extensions["nexus"] = Nexus(settings, store, registry)
     init_errors(app)
     app.before_request(note_route)
@@ -73,13 +73,14 @@ def hot_routes() -> dict:
 
 
 _grpc = None  # this worker's gRPC server, if it runs one
+_worker: Nexus | None = None  # this worker's app state, once started
 
 
 def start_worker(app: Flask) -> None:
     """In a gunicorn worker, after the fork: start loading the model directory in a background thread,
     and serve gRPC beside HTTP (NEXUS_GRPC_PORT)."""
-    global _grpc
-    state = app.extensions["nexus"]
+    global _grpc, _worker
+    state = _worker = app.extensions["nexus"]
     state.registry.start()
     if state.settings.grpc_port:
         from nexus.rpc import server
@@ -88,6 +89,9 @@ def start_worker(app: Flask) -> None:
 
 
 def stop_worker(grace_s: float) -> None:
-    """When the worker exits: let gRPC calls in flight finish for up to ``grace_s``."""
+    """When the worker exits: let gRPC calls in flight finish for up to ``grace_s``, then count the
+    predictions monitoring still has queued."""
     if _grpc is not None:
         _grpc.stop(grace_s)
+    if _worker is not None and _worker.registry.monitoring is not None:
+        _worker.registry.monitoring.flush()

@@ -3,8 +3,8 @@
 Resolve the model and the version that answers (the one pinned, else the one its routing plan
 chooses) → check and convert the inputs through the tensor codec (missing, unknown and
 duplicate inputs are checked here, once, with one set of messages) → run within the limits →
-describe the outputs asked for → record what metrics and monitoring need (nexus/monitoring: the
-inputs' features, the classifier's confidence) → hand copies to shadow versions.
+describe the outputs asked for → queue what metrics and monitoring need (nexus/monitoring counts the
+inputs' features and the classifier's confidence off the request) → hand copies to shadow versions.
 
 Protocols (``/predict``, V2 REST, and next gRPC) only parse their wire format into an
 :class:`InferenceRequest` and render the :class:`InferenceResponse`, or the error this raises.
@@ -91,19 +91,11 @@ def infer(registry: Registry, request: InferenceRequest, call: Call) -> Inferenc
     results = model.runtime.run(feeds, [*names, watched] if extra else names)
     metrics.observe_inference(model.id, model.version, time.perf_counter() - started)
     if monitor is not None:
-        _monitor(model, feeds, results.pop() if extra else results[names.index(watched)] if watched else None)
+        monitor.observe(feeds, results.pop() if extra else results[names.index(watched)] if watched else None)
     if routed and entry.plan.shadows:
         for version in entry.plan.shadows_for(model.version, request.routing_key):
             _shadow(registry.loaded(entry, version), entry.id, version, request, specs[0].name, results[0])
     return InferenceResponse(model, list(zip(specs, results, strict=True)))
-
-
-def _monitor(model: Model, feeds: dict[str, np.ndarray], value: Any) -> None:
-    """Count what monitoring needs of this prediction; a failure there is counted and logged, never raised."""
-    try:
-        model.monitor.observe(feeds, value)  # type: ignore[union-attr]
-    except Exception:
-        metrics.monitoring_failed(model.id, model.version)
 
 
 def _shadow(model: Model | None, model_id: str, version: str, request: InferenceRequest, output: str, value: Any) -> None:

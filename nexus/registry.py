@@ -566,12 +566,13 @@ class Registry:
         sequence = sidecar.get("sequence", 0)
         task = features.task_of(sidecar.get("task"), runtime.outputs).document()
         created_at = str(sidecar.get("created_at") or "")
+        version = str(sidecar.get("version") or "")
         monitor = None if self.monitoring is None else \
-            self.monitoring.monitor(key, digest, created_at, runtime.inputs, runtime.outputs, task)
+            self.monitoring.monitor(key, (model_of(key), version), digest, created_at, runtime.inputs, runtime.outputs, task)
         return Model(
             id=model_of(key),
             name=str(sidecar.get("name") or model_of(key)),
-            version=str(sidecar.get("version") or ""),
+            version=version,
             key=key,
             path=self.store.display_path(key),
             created_at=created_at,

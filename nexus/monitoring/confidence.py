@@ -10,9 +10,15 @@ import numpy as np
 class Confidence(NamedTuple):
     """One batch's answers: per sample the top class, its probability and the margin to the runner-up."""
 
-    classes: list[str]
+    best: np.ndarray  # int [N]: the top class's column in ``labels``
+    labels: list[str]
     top: np.ndarray  # float64 [N]
     margin: np.ndarray  # float64 [N]
+
+    @property
+    def classes(self) -> list[str]:
+        """The top class of each sample, by label."""
+        return [self.labels[i] for i in self.best.tolist()]
 
 
 def class_scores(value: Any) -> tuple[np.ndarray, list[str]] | None:
@@ -43,8 +49,8 @@ def confidence(value: Any) -> Confidence | None:
         return None
     scores, labels = found
     if not len(scores):
-        return Confidence([], np.zeros(0), np.zeros(0))
+        return Confidence(np.zeros(0, np.int64), labels, np.zeros(0), np.zeros(0))
     best = scores.argmax(axis=1)  # a tie goes to the first class
     top = scores[np.arange(len(scores)), best]
     second = np.partition(scores, -2, axis=1)[:, -2]
-    return Confidence([labels[i] for i in best], top, top - second)
+    return Confidence(best, labels, top, top - second)

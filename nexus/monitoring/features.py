@@ -75,16 +75,6 @@ class Layout:
             parts.append(_summaries(flat) if watched.summarized else flat.astype(np.float64, copy=False))
         return np.hstack(parts) if parts else None
 
-    def row(self, feeds: Mapping[str, np.ndarray]) -> list[float] | None:
-        """The features of a one-sample request as a list, or None when it is a batch."""
-        found: list[float] = []
-        for watched in self.inputs:
-            values = feeds[watched.name]
-            if values.ndim and values.shape[0] != 1:
-                return None
-            found += _summary(values.reshape(-1)) if watched.summarized else values.reshape(-1).tolist()
-        return found
-
     def from_table(self, table: np.ndarray) -> np.ndarray:
         """The features of a reference table given in input space ([samples, width])."""
         parts, start = [], 0
@@ -149,18 +139,6 @@ def _summaries(flat: np.ndarray) -> np.ndarray:
     found[:, 3] = np.maximum.reduce(values, axis=1)
     found[:, 4] = (n - np.count_nonzero(values, axis=1)) / n
     return found
-
-
-def _summary(values: np.ndarray) -> list[float]:
-    """:func:`_summaries` of one sample's values, as a list."""
-    n = values.size
-    if n == 0:
-        return [math.nan] * len(SUMMARIES)
-    values = values.astype(np.float64, copy=False)
-    mean = float(np.add.reduce(values)) / n
-    spread = float(np.dot(values, values)) / n - mean * mean
-    return [mean, math.sqrt(spread) if spread > 0 else 0.0, float(np.minimum.reduce(values)), float(np.maximum.reduce(values)),
-            (n - np.count_nonzero(values)) / n]
 
 
 # -- the task: classifier (which output holds the probabilities) or regressor ------------------

@@ -12,14 +12,18 @@ directory, emptied at every start::
 A counts file holds, per time slot (``SLOTS`` slots cover the window): requests, rows and rows
 binned; each feature's bin counts; the confidence histogram and its sums (or the regressor's
 output sums). Then a ring of the worker's last N rows (their bins and times), and totals since
-start (confidence buckets, class counts, output sums) that /metrics exports as counters. Writing
-is a few array increments in shared memory, no system call; a worker that died leaves its file,
-so its counts still count. Nothing here may fail a prediction: the caller catches and counts.
+start (confidence buckets, class counts, output sums) that /metrics exports as counters.
+
+A request only queues its prediction; the worker counts the queue in batches, off the request
+(:class:`Monitoring`). Counting is array increments in shared memory, no system call; a worker
+that died leaves its file, so its counts still count. Nothing here may fail a prediction: a
+prediction that cannot be counted is left out and reported to ``Monitoring``'s ``failed``.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import fcntl
 import hashlib
 import logging
@@ -29,7 +33,8 @@ import shutil
 import tempfile
 import threading
 import time
-from bisect import bisect_left
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -54,9 +59,9 @@ BINS = MISSING + 1  # per feature: up to MAX_CATEGORIES categories and "other", 
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 MAX_CLASSES = 100  # classes past the hundredth are counted as "other"
 OTHER_CLASS = "other"
-ONE_ROW_FEATURES = 16  # up to this many features, one sample is counted in plain Python (faster than numpy there)
 HUGE = 1e150  # output values beyond this (and NaN, infinities) are left out: their squares would overflow the sums
-SMALL_OUTPUT = 64  # outputs up to this many values are summed in plain Python
+FLUSH_S = 0.05  # the flusher counts what was queued this long after the first of it: reports lag a worker by this much
+FLUSH_AT = 64  # a request that finds this many predictions queued counts them itself (bounds the queue's memory)
 REFERENCE_POLL_S = 1.0  # how often a worker without a reference looks for one
 _MAGIC = 0x4E58_4D4F_4E01
 _HEADER = 8  # magic, features, bins, slots, ring, confidence buckets, rows ever written to the ring, pid
@@ -103,23 +108,12 @@ def _sections(features: int, ring: int) -> tuple[dict[str, tuple[np.dtype, tuple
 
 
 class _Counts:
-    """The arrays of one counts file, over a writable map (this worker's) or bytes read (anyone's).
-
-    Beside the numpy views (for batches and reports), ``i64``/``f64``/``u8`` view the same bytes
-    as flat sequences, which the one-row path indexes (``at`` gives each section's start in
-    8-byte words): an increment there costs a third of a numpy item's.
-    """
+    """The arrays of one counts file, over a writable map (this worker's) or bytes read (anyone's)."""
 
     def __init__(self, buffer: Any, features: int, ring: int) -> None:
-        sections, _ = _sections(features, ring)
-        self.at = {}
-        for name, (dtype, shape, offset) in sections.items():
+        for name, (dtype, shape, offset) in _sections(features, ring)[0].items():
             setattr(self, name, np.ndarray(shape, dtype, buffer=buffer, offset=offset))
-            self.at[name] = offset // 8
         self.features, self.ring = features, ring
-        self.i64 = memoryview(buffer).cast("q")
-        self.f64 = memoryview(buffer).cast("d")
-        self.u8 = memoryview(buffer).cast("B")
 
     @classmethod
     def create(cls, path: Path, features: int, ring: int) -> _Counts:
@@ -153,29 +147,28 @@ class _Counts:
         return cls(bytearray(data), features, ring)
 
 
-class _Offsets(NamedTuple):
-    """Where the one-row path writes in a counts file's flat views (in 8-byte words; ``ring_bytes`` in bytes)."""
+class _Batch(NamedTuple):
+    """What some predictions of one time slot add to the counts, worked out before anything is written."""
 
-    position: int  # rows ever written to the ring (header[6])
-    ring_time: int
-    ring_bytes: int
-    cum_confidence: int
-    cum_classes: int
-    cum_stats: int
+    time: float  # the newest prediction's
+    requests: int
+    predictions: int
+    rows: np.ndarray | None  # their feature rows, when the model has watched inputs
+    value: Any  # their task outputs joined (class probabilities, or the output's values raveled), or None
 
 
 class Monitor:
-    """What one worker watches of one model version: counting on the hot path, reporting on demand."""
+    """What one worker watches of one model version: counting off the hot path, reporting on demand."""
 
-    def __init__(self, owner: Monitoring, key: str, sha256: str, created_at: str, inputs: tuple[TensorSpec, ...],
-                 outputs: tuple[TensorSpec, ...], task: object) -> None:
-        self.owner, self.key, self.sha256 = owner, key, sha256
+    def __init__(self, owner: Monitoring, key: str, labels: tuple[str, str], sha256: str, created_at: str,
+                 inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], task: object) -> None:
+        self.owner, self.key, self.labels, self.sha256 = owner, key, labels, sha256
         self.layout: Layout = layout(inputs)
         self.task: Task = task_of(task, outputs)
         self.directory = owner.directory / f"{key}.{_upload(sha256, created_at)}"
         self.settings = owner.settings
         self._slot_s = self.settings.window_s / SLOTS
-        self._lock = owner.lock_for(self.directory)  # gRPC threads, HTTP, and a reloaded Monitor of the version share the file
+        self._lock = owner.lock_for(self.directory)  # the flusher, a request flushing, and a reloaded Monitor of the version share the file
         self._counts: _Counts | None = None
         self._epoch = -1
         self._slot = 0
@@ -185,56 +178,104 @@ class Monitor:
         self._collect_fd: int | None = None
         self._building = False
         self._offsets = np.arange(len(self.layout.features), dtype=np.int64) * BINS
-        self._one_row = len(self.layout.features) <= ONE_ROW_FEATURES
 
-    # -- the hot path ---------------------------------------------------------------------------
+    # -- the hot path: queue the prediction ------------------------------------------------------
 
     def observe(self, feeds: dict[str, np.ndarray], value: Any) -> None:
-        """Count one request: its inputs' features (``feeds``) and the task output's ``value``.
+        """Queue one prediction for counting: its inputs (``feeds``) and the task output's ``value``.
 
-        One sample (the common request) takes a plain-Python path over the shared memory; a batch
-        takes numpy's. Both count the same. (A Monitor lives in one process: the registry makes
-        its models anew after a fork.)
+        The request only appends to this worker's queue; the worker's flusher counts what is
+        queued in batches, ``FLUSH_S`` later, or the request that finds ``FLUSH_AT`` queued does
+        (see :class:`Monitoring`). Neither argument may be changed afterwards (nothing does:
+        feeds are decoded per request, and outputs are fresh arrays).
         """
-        now = time.time()
+        owner = self.owner
+        owner.pending.append((self, time.time(), feeds, value))
+        if not owner.awake.is_set():
+            owner.wake()
+        elif len(owner.pending) >= FLUSH_AT:
+            owner.flush()
+
+    # -- counting, in batches ---------------------------------------------------------------------
+
+    def count(self, entries: list[tuple[Any, float, dict[str, np.ndarray], Any]]) -> None:
+        """Count queued predictions (oldest first). One that cannot be counted is left out and reported, the rest count."""
+        try:
+            batches = self._batches(entries)
+        except Exception:
+            batches = []
+            for entry in entries:  # find the culprit: count the others one by one
+                try:
+                    batches += self._batches([entry])
+                except Exception:
+                    self.owner.failed(self)
         with self._lock:
             counts = self._counts or self._open()
-            epoch = int(now / self._slot_s)
-            if epoch != self._epoch:
-                self._rotate(counts, epoch)
-            slot = self._slot
-            i64 = counts.i64
-            totals = self._at_totals
-            i64[totals] += 1
-            if self.layout.inputs:
-                row = self.layout.row(feeds) if self._one_row else None
-                rows = None if row is not None else self.layout.rows(feeds)
-                n = 1 if row is not None else 0 if rows is None else len(rows)
-                if n:
-                    i64[totals + 1] += n
-                    if self._sketches is None and now >= self._next_look:
-                        self._look_for_reference(now)
-                    if self._sketches is not None:
-                        if row is not None:
-                            self._count_one(counts, row, now)
-                        else:
-                            self._count(counts, slot, rows, now)  # type: ignore[arg-type]
-                        i64[totals + 2] += n
-                    elif self._collect_fd is not None:
-                        self._collect(np.array([row], np.float64) if row is not None else rows)  # type: ignore[arg-type]
-            elif value is not None:  # no watched input (text): the answer's rows are the predictions
-                i64[totals + 1] += len(value) if isinstance(value, list) else (np.shape(value)[0] if np.ndim(value) else 1)
-            if value is not None:
-                if self.task.kind == "classifier":
-                    self._confidence(counts, slot, value)
-                else:
-                    self._output(counts, slot, value)
+            for batch in batches:
+                self._add(counts, batch)
+
+    def _batches(self, entries: list[tuple[Any, float, dict[str, np.ndarray], Any]]) -> list[_Batch]:
+        """``entries`` cut by time slot, each run's features and outputs joined."""
+        found, start = [], 0
+        slots = [int(entry[1] / self._slot_s) for entry in entries]
+        for end in range(1, len(entries) + 1):
+            if end == len(entries) or slots[end] != slots[start]:
+                found.append(self._batch(entries[start:end]))
+                start = end
+        return found
+
+    def _batch(self, entries: list[tuple[Any, float, dict[str, np.ndarray], Any]]) -> _Batch:
+        rows, predictions = None, 0
+        values = [entry[3] for entry in entries if entry[3] is not None]
+        if self.layout.inputs:
+            rows = self._rows([entry[2] for entry in entries])
+            predictions = len(rows)
+        else:  # no watched input (text): the answers' rows are the predictions
+            predictions = sum(len(v) if isinstance(v, list) else (np.shape(v)[0] if np.ndim(v) else 1) for v in values)
+        value = None
+        if values:
+            if isinstance(values[0], list):
+                value = [item for v in values for item in v]
+            elif self.task.kind == "classifier":
+                value = values[0] if len(values) == 1 else np.concatenate(values)
+            else:
+                value = np.concatenate([np.ravel(v) for v in values])
+        return _Batch(entries[-1][1], len(entries), predictions, rows, value)
+
+    def _rows(self, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+        """The feature rows of some requests' feeds, joined (a request whose inputs disagree on their samples gives none)."""
+        if len(feeds) == 1 or len(self.layout.inputs) > 1 or self.layout.inputs[0].width is None:
+            parts = [rows for rows in map(self.layout.rows, feeds) if rows is not None]
+            return np.vstack(parts) if parts else np.empty((0, len(self.layout.features)))
+        name = self.layout.inputs[0].name  # one input of a fixed width: join the requests, then one pass
+        joined = self.layout.rows({name: np.concatenate([np.atleast_1d(f[name]) for f in feeds])})
+        return joined  # type: ignore[return-value]
+
+    def _add(self, counts: _Counts, batch: _Batch) -> None:
+        epoch = int(batch.time / self._slot_s)
+        if epoch != self._epoch:
+            self._rotate(counts, epoch)
+        slot = self._slot
+        totals = counts.totals[slot]
+        totals[0] += batch.requests
+        totals[1] += batch.predictions
+        rows = batch.rows
+        if rows is not None and len(rows):
+            if self._sketches is None and batch.time >= self._next_look:
+                self._look_for_reference(batch.time)
+            if self._sketches is not None:
+                self._count(counts, slot, rows, batch.time)
+                totals[2] += len(rows)
+            elif self._collect_fd is not None:
+                self._collect(rows)
+        if batch.value is not None:
+            if self.task.kind == "classifier":
+                self._confidences(counts, slot, batch.value)
+            else:
+                self._output(counts, slot, batch.value)
 
     def _open(self) -> _Counts:
         counts = self._counts = self.owner.counts_file(self.directory, len(self.layout.features))
-        at = counts.at
-        self._at = _Offsets(at["header"] + 6, at["ring_time"], at["ring_bins"] * 8, at["cum_confidence"], at["cum_classes"],
-                            at["cum_stats"])
         self._epoch = -1
         return counts
 
@@ -248,31 +289,6 @@ class Monitor:
             counts.stats[slot] = (0, 0, 0, np.inf, -np.inf)
             counts.epoch[slot] = epoch
         self._epoch, self._slot = epoch, slot
-        at = counts.at  # where this slot's sections start, for the one-row path
-        self._at_totals = at["totals"] + slot * 3
-        self._at_bins = at["bins"] + slot * counts.features * BINS
-        self._at_confidence = at["confidence"] + slot * len(CONFIDENCE_BUCKETS)
-        self._at_stats = at["stats"] + slot * 5
-
-    def _count_one(self, counts: _Counts, row: list[float], now: float) -> None:
-        i64, at = counts.i64, self._at
-        base = self._at_bins
-        position = i64[at.position]
-        at_ring = position % counts.ring
-        found = []
-        for f, x in enumerate(row):
-            if x - x != 0:  # NaN or infinite
-                b = MISSING
-            else:
-                categories = self._category_index[f]
-                b = bisect_left(self._edge_lists[f], x) if categories is None else categories.get(x, len(categories))
-            i64[base + b] += 1
-            base += BINS
-            found.append(b)
-        start = at.ring_bytes + at_ring * len(row)
-        counts.u8[start:start + len(row)] = bytes(found)
-        counts.f64[at.ring_time + at_ring] = now
-        i64[at.position] = position + 1
 
     def _count(self, counts: _Counts, slot: int, rows: np.ndarray, now: float) -> None:
         bins = (rows[:, :, None] > self._edges).sum(axis=2)
@@ -284,55 +300,17 @@ class Monitor:
         if not finite.all():
             bins[~finite] = MISSING
         flat = bins + self._offsets
+        counts.bins[slot] += np.bincount(flat.ravel(), minlength=counts.bins.shape[1])
         ring = counts.ring_bins
         position = int(counts.header[6])
-        if len(rows) == 1:
-            counts.bins[slot, flat[0]] += 1
-            ring[position % len(ring)] = bins[0]
-            counts.ring_time[position % len(ring)] = now
-        else:
-            counts.bins[slot] += np.bincount(flat.ravel(), minlength=counts.bins.shape[1])
-            at = (position + np.arange(len(rows))) % len(ring)
-            ring[at] = bins
-            counts.ring_time[at] = now
+        at = (position + np.arange(len(rows))) % len(ring)
+        ring[at] = bins
+        counts.ring_time[at] = now
         counts.header[6] = position + len(rows)
 
-    def _confidence(self, counts: _Counts, slot: int, value: Any) -> None:
-        one = None
-        if isinstance(value, list):
-            if len(value) == 1 and isinstance(value[0], dict):
-                one = list(value[0].values())
-        elif isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[0] == 1 and value.dtype.kind == "f":
-            one = value[0].tolist()
+    def _confidences(self, counts: _Counts, slot: int, value: Any) -> None:
         if self._labels is None:
             self._labels = self._class_labels(value)
-        if one is None or len(one) < 2:
-            self._confidences(counts, slot, value)
-            return
-        top = max(one)
-        best = one.index(top)  # a tie goes to the first class, as in a batch
-        margin = top - (sorted(one)[-2] if len(one) > 2 else min(one))
-        bucket = min(bisect_left(CONFIDENCE_BUCKETS, top), len(CONFIDENCE_BUCKETS) - 1)
-        i64, at = counts.i64, self._at
-        i64[self._at_confidence + bucket] += 1
-        i64[at.cum_confidence + bucket] += 1
-        i64[at.cum_classes + (best if best < MAX_CLASSES else MAX_CLASSES)] += 1
-        self._add_stats(counts.f64, 1, top, margin, top, top)
-
-    def _add_stats(self, f64: memoryview, n: float, total: float, second: float, low: float, high: float) -> None:
-        """Add to the current slot's value statistics (count, sum, second sum, min, max) and to the totals since start."""
-        stats, cum = self._at_stats, self._at.cum_stats
-        f64[stats] += n
-        f64[stats + 1] += total
-        f64[stats + 2] += second
-        if low < f64[stats + 3]:
-            f64[stats + 3] = low
-        if high > f64[stats + 4]:
-            f64[stats + 4] = high
-        f64[cum] += n
-        f64[cum + 1] += total
-
-    def _confidences(self, counts: _Counts, slot: int, value: Any) -> None:
         found = confidence(value)
         if found is None or not len(found.top):
             return
@@ -340,40 +318,46 @@ class Monitor:
         spread = np.bincount(buckets, minlength=len(CONFIDENCE_BUCKETS))
         counts.confidence[slot] += spread
         counts.cum_confidence += spread
-        self._add_stats(counts.f64, len(buckets), float(found.top.sum()), float(found.margin.sum()), float(found.top.min()),
+        self._add_stats(counts, slot, len(buckets), float(found.top.sum()), float(found.margin.sum()), float(found.top.min()),
                         float(found.top.max()))
-        index = {label: i for i, label in enumerate(self._labels[:MAX_CLASSES])}  # type: ignore[index]
-        for label in found.classes:
-            counts.cum_classes[index.get(label, MAX_CLASSES)] += 1
+        if found.labels == self._labels:  # the usual case: columns in the model's order
+            counts.cum_classes += np.bincount(np.minimum(found.best, MAX_CLASSES), minlength=MAX_CLASSES + 1)
+        else:
+            index = {label: i for i, label in enumerate(self._labels[:MAX_CLASSES])}
+            for label in found.classes:
+                counts.cum_classes[index.get(label, MAX_CLASSES)] += 1
+
+    @staticmethod
+    def _add_stats(counts: _Counts, slot: int, n: float, total: float, second: float, low: float, high: float) -> None:
+        """Add to the slot's value statistics (count, sum, second sum, min, max) and to the totals since start."""
+        stats = counts.stats[slot]
+        stats[0] += n
+        stats[1] += total
+        stats[2] += second
+        stats[3] = min(stats[3], low)
+        stats[4] = max(stats[4], high)
+        counts.cum_stats[0] += n
+        counts.cum_stats[1] += total
 
     def _class_labels(self, value: Any) -> list[str]:
         """The model's class labels in its order, also written for the reports of other workers."""
         labels = [str(label) for label in value[0]] if isinstance(value, list) else [str(k) for k in range(np.shape(value)[1])]
         path = self.directory / "classes.json"
         if not path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
             tmp = self.directory / f".classes-{os.getpid()}.tmp"
             tmp.write_bytes(orjson.dumps(labels))
             os.replace(tmp, path)
         return labels
 
-    def _output(self, counts: _Counts, slot: int, value: Any) -> None:
+    def _output(self, counts: _Counts, slot: int, value: np.ndarray) -> None:
         """Count the watched output's finite values: how many, their sum, sum of squares, minimum and maximum."""
-        values = np.asarray(value)
-        if values.dtype.kind not in "biuf" or not values.size:
+        if value.dtype.kind not in "biuf" or not value.size:
             return
-        if values.size <= SMALL_OUTPUT:
-            kept = [v for v in values.ravel().tolist() if -HUGE < v < HUGE]  # finite ones whose squares add up
-            if not kept:
-                return
-            n, total, squares, low, high = len(kept), sum(kept), sum(v * v for v in kept), min(kept), max(kept)
-        else:
-            flat = values.astype(np.float64, copy=False).ravel()
-            flat = flat[np.abs(flat) < HUGE]
-            if not flat.size:
-                return
-            n, total, squares = flat.size, float(flat.sum()), float(np.dot(flat, flat))
-            low, high = float(flat.min()), float(flat.max())
-        self._add_stats(counts.f64, n, total, squares, low, high)
+        flat = value.astype(np.float64, copy=False)
+        flat = flat[np.abs(flat) < HUGE]  # finite ones whose squares add up
+        if flat.size:
+            self._add_stats(counts, slot, flat.size, float(flat.sum()), float(np.dot(flat, flat)), float(flat.min()), float(flat.max()))
 
     # -- the reference: stored by the upload, or collected from the first predictions ---------
 
@@ -388,9 +372,6 @@ class Monitor:
                 categories.append(list(feature.categories) + [np.nan] * (sketch.MAX_CATEGORIES - len(feature.categories)))
                 other.append(len(feature.categories))
         self._edges = edges[None, :, :]
-        self._edge_lists = [list(feature.edges) if feature.kind == "numeric" else None for feature in sketches]
-        self._category_index = [None if feature.kind == "numeric" else {v: i for i, v in enumerate(feature.categories)}
-                                for feature in sketches]
         self._categorical = (np.array(columns), np.array(categories)[None, :, :], np.array(other)) if columns else None
         self._sketches = sketches
         if self._collect_fd is not None:
@@ -459,7 +440,9 @@ class Monitor:
     # -- reports ---------------------------------------------------------------------------------
 
     def merged(self, now: float | None = None) -> Merged:
-        """The counts of every worker of this server, for the window, the last N rows and since start."""
+        """The counts of every worker of this server, for the window, the last N rows and since start
+        (this worker's queue counted first; another worker's lags by at most ``FLUSH_S``)."""
+        self.owner.flush()
         now = time.time() if now is None else now
         features = len(self.layout.features)
         merged = Merged(features)
@@ -601,6 +584,10 @@ class Monitor:
         return {"status": status, "rows": rows, "features": features}
 
 
+_instances: weakref.WeakSet[Monitoring] = weakref.WeakSet()
+os.register_at_fork(after_in_child=lambda: [monitoring._forked() for monitoring in list(_instances)])
+
+
 def _upload(sha256: str, created_at: str) -> str:
     """A short name for one upload of a version: a re-upload under the same key starts from zero."""
     return hashlib.sha256(f"{sha256} {created_at}".encode()).hexdigest()[:12]
@@ -640,15 +627,30 @@ class Merged:
 
 
 class Monitoring:
-    """This server's monitoring: its settings, the model directory (for references) and the runtime
-    directory where the workers keep their counts."""
+    """This server's monitoring: its settings, the model directory (for references), the runtime
+    directory where the workers keep their counts, and this worker's queue of predictions to count.
 
-    def __init__(self, settings: MonitoringSettings, store: ModelStore, directory: Path | None = None) -> None:
+    A prediction costs its request one append to the queue. A flusher thread per worker, woken by
+    the first prediction queued, waits ``FLUSH_S`` and counts everything queued by then, each
+    version's share in one vectorized batch; a request that finds ``FLUSH_AT`` queued counts them
+    itself, so the queue never holds more than that many requests' inputs. Reports count this
+    worker's queue first. A worker that stops counts its queue (:meth:`flush`, from the worker's
+    exit hook or at exit); one killed outright loses at most the last ``FLUSH_S`` of its counts.
+    """
+
+    def __init__(self, settings: MonitoringSettings, store: ModelStore, directory: Path | None = None,
+                 failed: Callable[[str, str], None] | None = None) -> None:
+        """``failed(model_id, version)``, if given, is told of each prediction whose counting failed."""
         self.settings, self.store = settings, store
+        self._failed = failed
         self._guard = threading.Lock()
         self._pid = os.getpid()
         self._locks: dict[Path, threading.Lock] = {}
         self._files: dict[Path, _Counts] = {}
+        self.pending: collections.deque[tuple[Monitor, float, dict[str, np.ndarray], Any]] = collections.deque()
+        self.awake = threading.Event()  # set while the flusher has been woken and has not yet taken the queue
+        self._flusher_pid = 0
+        _instances.add(self)
         if directory is None:
             base = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
             if base:
@@ -658,11 +660,65 @@ class Monitoring:
                 atexit.register(shutil.rmtree, directory, True)
         self.directory = directory
 
-    def monitor(self, key: str, sha256: str, created_at: str, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...],
-                task: object) -> Monitor | None:
+    def monitor(self, key: str, labels: tuple[str, str], sha256: str, created_at: str, inputs: tuple[TensorSpec, ...],
+                outputs: tuple[TensorSpec, ...], task: object) -> Monitor | None:
+        """A Monitor of version ``key`` (``labels``: its model id and version), or None when monitoring is off."""
         if not self.settings.enabled:
             return None
-        return Monitor(self, key, sha256, created_at, inputs, outputs, task)
+        return Monitor(self, key, labels, sha256, created_at, inputs, outputs, task)
+
+    # -- the queue --------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Have this worker's flusher count the queue ``FLUSH_S`` from now (started on first use in each process)."""
+        if self._flusher_pid != os.getpid():
+            with self._guard:
+                if self._flusher_pid != os.getpid():
+                    self._flusher_pid = os.getpid()
+                    atexit.register(self.flush)
+                    try:
+                        threading.Thread(target=self._flusher, name="nexus-monitoring", daemon=True).start()
+                    except RuntimeError:  # no thread to be had: requests count at FLUSH_AT, reports before they read
+                        log.exception("the monitoring flusher could not start")
+        self.awake.set()
+
+    def _flusher(self) -> None:
+        while True:
+            self.awake.wait()
+            time.sleep(FLUSH_S)
+            self.awake.clear()  # from here on, a prediction queued wakes the flusher again
+            try:
+                self.flush()
+            except Exception:  # never let the flusher die: the next wake-up counts what is left
+                log.exception("counting monitored predictions failed")
+
+    def flush(self) -> None:
+        """Count every prediction queued in this worker now (callers may overlap: each entry is taken once)."""
+        pending, taken = self.pending, []
+        try:
+            for _ in range(len(pending)):
+                taken.append(pending.popleft())
+        except IndexError:
+            pass  # another flush took the rest
+        if not taken:
+            return
+        versions: dict[Monitor, list[tuple[Monitor, float, dict[str, np.ndarray], Any]]] = {}
+        for entry in taken:
+            versions.setdefault(entry[0], []).append(entry)
+        for monitor, entries in versions.items():
+            monitor.count(entries)
+
+    def failed(self, monitor: Monitor) -> None:
+        if self._failed is not None:
+            self._failed(*monitor.labels)
+        else:
+            log.exception("monitoring failed", extra={"model_key": monitor.key})
+
+    def _forked(self) -> None:
+        """In a child after a fork: the parent's queue and flusher are not this process's."""
+        self.pending.clear()
+        self.awake = threading.Event()
+        self._flusher_pid = 0
 
     def lock_for(self, directory: Path) -> threading.Lock:
         """The lock of one version's counts in this process, shared by every Monitor of it (a version
@@ -689,6 +745,7 @@ class Monitoring:
 
     def discard(self, key: str) -> None:
         """Remove every worker's counts of version ``key`` (it is deleted), whichever upload of it they count."""
+        self.flush()  # what this worker queued of it is counted now, not into a directory made anew after the removal
         if self.directory.is_dir():
             for path in self.directory.iterdir():
                 if path.name.rpartition(".")[0] == key:

@@ -90,6 +90,11 @@ def monitor_of(app, model_id: str, version: str | None = None) -> live.Monitor:
     return app.extensions["nexus"].registry.get(model_id, version).monitor
 
 
+def counted(app) -> None:
+    """Count what the app's monitoring has queued now (a report does the same first), to look at its files."""
+    app.extensions["nexus"].registry.monitoring.flush()
+
+
 def verdicts(section: dict) -> list[str]:
     return [feature["verdict"] for feature in section["features"]]
 
@@ -596,6 +601,7 @@ def test_the_first_predictions_become_the_reference(make_app, model_dir):
     rows = np.random.default_rng(14).normal(size=(135, 4)).astype(np.float32)
     for row in rows[:60]:
         predict(client, "c", row.tolist())
+    counted(app)
     monitor = monitor_of(app, "c")
     spill = monitor.directory / "collect.rows"
     assert spill.exists() and spill.stat().st_size == 60 * 4 * 8
@@ -688,6 +694,7 @@ def test_deleting_removes_references_and_counts(app, client, model_dir, iris_byt
     for version in ("v1", "v2"):
         for row in iris_reference(5, seed=17):
             assert predict(client, "d", row.tolist(), version)["model_version"] == version
+    counted(app)
     directories = {v: monitor_of(app, "d", v).directory for v in ("v1", "v2")}
     assert all(d.is_dir() and list(d.glob("*.counts")) for d in directories.values())
     assert [v["version"] for v in strict_json(client.get("/models/d/monitoring"))["versions"]] == ["v1", "v2"]
@@ -814,16 +821,17 @@ def test_a_failing_monitor_still_answers_and_counts_the_error(app, client, monke
     uploaded(client, iris_bytes, "boom", reference=npy_of(iris_reference(200)), filename="r.npy")
     monitor = monitor_of(app, "boom")
 
-    def explode(feeds, value):
+    def explode(entries):
         raise RuntimeError("monitoring exploded")
 
-    monkeypatch.setattr(monitor, "observe", explode)
+    monkeypatch.setattr(monitor, "_batch", explode)
     before = metric("model_monitoring_errors_total", model_id="boom", version="v1")
     for _ in range(3):
         body = predict(client, "boom", MU.tolist())
         assert body["model_id"] == "boom" and len(body["outputs"]["output_probability"]) == 1
     batch = client.post("/predict", json={"model_id": "boom", "features": [MU.tolist(), MU.tolist()]})
     assert batch.status_code == 200 and len(batch.get_json()["prediction"]) == 2
+    counted(app)
     assert metric("model_monitoring_errors_total", model_id="boom", version="v1") == before + 4
     assert values(scrape(client), "model_monitoring_errors_total", model_id="boom", version="v1") == {(): before + 4}
     assert report(client, "boom")["windows"]["window"]["requests"] == 0  # nothing was counted
@@ -834,11 +842,12 @@ def test_a_failing_monitor_still_answers_and_counts_the_error(app, client, monke
 
 def test_a_failing_monitor_also_spares_the_v2_protocol(app, client, monkeypatch):
     uploaded(client, models.identity(), "boom2")
-    monkeypatch.setattr(monitor_of(app, "boom2"), "observe", lambda feeds, value: 1 / 0)
+    monkeypatch.setattr(monitor_of(app, "boom2"), "_batch", lambda entries: 1 / 0)
     before = metric("model_monitoring_errors_total", model_id="boom2", version="v1")
     body = {"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
     response = client.post("/v2/models/boom2/infer", json=body)
     assert response.status_code == 200, response.get_json()
+    counted(app)
     assert metric("model_monitoring_errors_total", model_id="boom2", version="v1") == before + 1
 
 
@@ -888,7 +897,7 @@ def test_a_wide_input_takes_a_table_of_its_width_not_of_its_summaries(app, clien
 def clock(monkeypatch):
     """A clock for nexus.monitoring.live alone, moved by the test."""
     now = SimpleNamespace(value=1_000_000.5)
-    monkeypatch.setattr(live, "time", SimpleNamespace(time=lambda: now.value))
+    monkeypatch.setattr(live, "time", SimpleNamespace(time=lambda: now.value, sleep=time.sleep))
     return now
 
 
@@ -950,7 +959,7 @@ def test_reports_merge_the_counts_of_every_worker(app, client, iris_bytes):
         assert b["live"] == [2 * c for c in m["live"]]
     assert values(scrape(client), "model_prediction_confidence_count", model_id="mw", version="v1") == {(): 120.0}
     # A worker that has not predicted yet reports the same (the class labels come from the shared classes.json).
-    other = live.Monitor(model.monitor.owner, model.key, model.sha256, model.created_at, model.inputs, model.outputs, model.task)
+    other = live.Monitor(model.monitor.owner, model.key, (model.id, model.version), model.sha256, model.created_at, model.inputs, model.outputs, model.task)
     theirs = other.report()
     assert theirs["windows"] == both["windows"] and theirs["classes"] == both["classes"]
     assert theirs["confidence"] == both["confidence"] and theirs["drift"] == both["drift"]
@@ -994,6 +1003,7 @@ def test_the_watched_output_is_read_even_when_the_client_asks_for_another(client
 def test_a_sweep_removes_the_counts_of_versions_no_longer_stored(app, client):
     uploaded(client, models.identity(), "s", reference=npy_of(GOOD_ROWS), filename="r.npy")
     predict(client, "s", [1.0, 2.0, 3.0, 4.0])
+    counted(app)
     monitoring = app.extensions["nexus"].registry.monitoring
     kept = monitor_of(app, "s").directory
     stale = [monitoring.directory / "gone@v1.0123456789ab", monitoring.directory / "s@v1.ffffffffffff"]  # deleted; an older upload
@@ -1057,3 +1067,89 @@ def test_a_stored_reference_that_does_not_match_is_replaced_by_the_first_predict
     # got: no reference ever; the 100 rows are collected, store.add_reference refuses to replace the file
     # that exists, the rows are thrown away and collecting starts again from 0, forever
     assert wait_for(lambda: report(client, "st")["reference"]["source"] == "predictions", 3.0), report(client, "st")["reference"]
+
+
+# -- 19: a request only queues its prediction; the worker counts the queue in batches -----------------
+
+
+def own_counts(monitor: live.Monitor) -> live._Counts:
+    [path] = list(monitor.directory.glob("*.counts"))
+    found = live._Counts.read(path, len(monitor.layout.features))
+    assert found is not None
+    return found
+
+
+def test_the_flusher_counts_the_queue_without_a_report(app, client):
+    uploaded(client, models.identity(), "q", reference=npy_of(GOOD_ROWS), filename="r.npy")
+    predict(client, "q", [1.0, 2.0, 3.0, 4.0])
+    predict(client, "q", GOOD_ROWS[:3].tolist())
+    monitor = monitor_of(app, "q")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (monitor.directory.is_dir() and list(monitor.directory.glob("*.counts"))
+                                               and own_counts(monitor).totals.sum(axis=0)[0] == 2):
+        time.sleep(0.01)
+    assert own_counts(monitor).totals.sum(axis=0).tolist() == [2, 4, 4]  # requests, predictions, predictions binned
+    assert not monitor.owner.pending
+
+
+def test_a_request_that_finds_flush_at_queued_counts_them_itself(app, client, monkeypatch):
+    monkeypatch.setattr(live, "FLUSH_S", 60.0)  # the flusher, once woken, sleeps through the test
+    uploaded(client, models.identity(), "qa", reference=npy_of(GOOD_ROWS), filename="r.npy")
+    monitor = monitor_of(app, "qa")
+    feeds = {"X": GOOD_ROWS[:1].astype(np.float32)}
+    for n in range(1, live.FLUSH_AT):
+        monitor.observe(feeds, None)
+        assert len(monitor.owner.pending) == n
+    assert not monitor.directory.exists()  # nothing counted yet
+    monitor.observe(feeds, None)
+    assert not monitor.owner.pending
+    assert own_counts(monitor).totals.sum(axis=0).tolist() == [live.FLUSH_AT] * 3
+
+
+def test_a_prediction_that_cannot_be_counted_is_left_out_and_the_rest_count(app, client):
+    uploaded(client, models.identity(), "qb", reference=npy_of(GOOD_ROWS), filename="r.npy")
+    monitor = monitor_of(app, "qb")
+    before = metric("model_monitoring_errors_total", model_id="qb", version="v1")
+    good = {"X": GOOD_ROWS[:2].astype(np.float32)}
+    monitor.observe(good, None)
+    monitor.observe({"unknown": np.zeros((1, 4), np.float32)}, None)  # no watched input in it: it cannot be counted
+    monitor.observe(good, None)
+    found = report(client, "qb")
+    assert found["windows"]["window"] == {"seconds": 3600, "requests": 2, "predictions": 4}
+    assert metric("model_monitoring_errors_total", model_id="qb", version="v1") == before + 1
+
+
+def test_a_queue_spanning_slots_counts_each_prediction_in_its_own_slot(make_app, clock):
+    app = make_app(drift_window_s=60, drift_min_count=1)  # 60 slots of one second
+    client = app.test_client()
+    uploaded(client, models.identity(), "qs", reference=npy_of(GOOD_ROWS), filename="r.npy")
+    monitor = monitor_of(app, "qs")
+    monitor.observe({"X": GOOD_ROWS[:3].astype(np.float32)}, None)
+    clock.value += 61  # the first request is now older than the window
+    monitor.observe({"X": GOOD_ROWS[3:4].astype(np.float32)}, None)
+    found = report(client, "qs")  # one flush takes both
+    assert found["windows"]["window"] == {"seconds": 60, "requests": 1, "predictions": 1}
+    assert found["windows"]["last_n"]["predictions"] == 4
+
+
+def test_deleting_a_version_counts_its_queue_before_removing_its_counts(app, client, model_dir):
+    uploaded(client, models.identity(), "qd", reference=npy_of(GOOD_ROWS), filename="r.npy")
+    predict(client, "qd", [1.0, 2.0, 3.0, 4.0])
+    directory = monitor_of(app, "qd").directory
+    assert client.delete("/models/qd").status_code == 200
+    time.sleep(live.FLUSH_S * 3)  # the flusher's turn has passed: nothing of the version is written again
+    assert not directory.exists() and not app.extensions["nexus"].registry.monitoring.pending
+
+
+def test_a_worker_that_stops_counts_its_queue(app, client, monkeypatch):
+    import nexus
+
+    monkeypatch.setattr(live, "FLUSH_S", 60.0)  # the flusher, once woken, sleeps through the test
+    monkeypatch.setattr(nexus, "_worker", app.extensions["nexus"])  # as start_worker leaves it in a gunicorn worker
+    uploaded(client, models.identity(), "qw", reference=npy_of(GOOD_ROWS), filename="r.npy")
+    predict(client, "qw", [1.0, 2.0, 3.0, 4.0])
+    monitor = monitor_of(app, "qw")
+    assert len(monitor.owner.pending) == 1 and not monitor.directory.exists()
+    nexus.stop_worker(1)  # what gunicorn's worker_exit hook calls
+    assert not monitor.owner.pending
+    assert own_counts(monitor).totals.sum(axis=0).tolist() == [1, 1, 1]
