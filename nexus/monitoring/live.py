@@ -23,7 +23,6 @@ prediction that cannot be counted is left out and reported to ``Monitoring``'s `
 from __future__ import annotations
 
 import atexit
-import collections
 import fcntl
 import hashlib
 import logging
@@ -33,7 +32,6 @@ import shutil
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import orjson
 
+from nexus.batching import Batcher
 from nexus.errors import BadInput
 from nexus.monitoring import reference, sketch
 from nexus.monitoring.confidence import confidence
@@ -178,6 +177,7 @@ class Monitor:
         self._collect_fd: int | None = None
         self._building = False
         self._offsets = np.arange(len(self.layout.features), dtype=np.int64) * BINS
+        self._wide = any(watched.summarized for watched in self.layout.inputs)
 
     # -- the hot path: queue the prediction ------------------------------------------------------
 
@@ -187,14 +187,17 @@ class Monitor:
         The request only appends to this worker's queue; the worker's flusher counts what is
         queued in batches, ``FLUSH_S`` later, or the request that finds ``FLUSH_AT`` queued does
         (see :class:`Monitoring`). Neither argument may be changed afterwards (nothing does:
-        feeds are decoded per request, and outputs are fresh arrays).
+        feeds are decoded per request, and outputs are fresh arrays). A wide input is summarized
+        here, while its values are in the cache, and only its few summaries per sample wait.
         """
         owner = self.owner
-        owner.pending.append((self, time.time(), feeds, value))
-        if not owner.awake.is_set():
-            owner.wake()
-        elif len(owner.pending) >= FLUSH_AT:
-            owner.flush()
+        if self._wide:
+            try:
+                feeds = self.layout.rows(feeds)  # type: ignore[assignment]
+            except Exception:
+                owner.failed(self)
+                return
+        owner.batcher.put((self, time.time(), feeds, value))
 
     # -- counting, in batches ---------------------------------------------------------------------
 
@@ -242,8 +245,14 @@ class Monitor:
                 value = np.concatenate([np.ravel(v) for v in values])
         return _Batch(entries[-1][1], len(entries), predictions, rows, value)
 
-    def _rows(self, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
-        """The feature rows of some requests' feeds, joined (a request whose inputs disagree on their samples gives none)."""
+    def _rows(self, feeds: list[Any]) -> np.ndarray:
+        """The feature rows of some requests' feeds, joined (a request whose inputs disagree on their samples gives none).
+
+        A wide model's requests come with their rows already worked out (or None).
+        """
+        if self._wide:
+            parts = [rows for rows in feeds if rows is not None]
+            return np.vstack(parts) if parts else np.empty((0, len(self.layout.features)))
         if len(feeds) == 1 or len(self.layout.inputs) > 1 or self.layout.inputs[0].width is None:
             parts = [rows for rows in map(self.layout.rows, feeds) if rows is not None]
             return np.vstack(parts) if parts else np.empty((0, len(self.layout.features)))
@@ -584,10 +593,6 @@ class Monitor:
         return {"status": status, "rows": rows, "features": features}
 
 
-_instances: weakref.WeakSet[Monitoring] = weakref.WeakSet()
-os.register_at_fork(after_in_child=lambda: [monitoring._forked() for monitoring in list(_instances)])
-
-
 def _upload(sha256: str, created_at: str) -> str:
     """A short name for one upload of a version: a re-upload under the same key starts from zero."""
     return hashlib.sha256(f"{sha256} {created_at}".encode()).hexdigest()[:12]
@@ -630,12 +635,13 @@ class Monitoring:
     """This server's monitoring: its settings, the model directory (for references), the runtime
     directory where the workers keep their counts, and this worker's queue of predictions to count.
 
-    A prediction costs its request one append to the queue. A flusher thread per worker, woken by
-    the first prediction queued, waits ``FLUSH_S`` and counts everything queued by then, each
-    version's share in one vectorized batch; a request that finds ``FLUSH_AT`` queued counts them
-    itself, so the queue never holds more than that many requests' inputs. Reports count this
-    worker's queue first. A worker that stops counts its queue (:meth:`flush`, from the worker's
-    exit hook or at exit); one killed outright loses at most the last ``FLUSH_S`` of its counts.
+    A prediction costs its request one append to the worker's queue (a :class:`Batcher`): its
+    thread, woken by the first prediction queued, waits ``FLUSH_S`` and counts everything queued
+    by then, each version's share in one vectorized batch; a request that finds ``FLUSH_AT``
+    queued counts them itself, so the queue never holds more than that many requests' inputs.
+    Reports count this worker's queue first. A worker that stops counts its queue (:meth:`flush`,
+    from the worker's exit hook or at exit); one killed outright loses at most its last
+    ``FLUSH_S`` of counts.
     """
 
     def __init__(self, settings: MonitoringSettings, store: ModelStore, directory: Path | None = None,
@@ -647,10 +653,7 @@ class Monitoring:
         self._pid = os.getpid()
         self._locks: dict[Path, threading.Lock] = {}
         self._files: dict[Path, _Counts] = {}
-        self.pending: collections.deque[tuple[Monitor, float, dict[str, np.ndarray], Any]] = collections.deque()
-        self.awake = threading.Event()  # set while the flusher has been woken and has not yet taken the queue
-        self._flusher_pid = 0
-        _instances.add(self)
+        self.batcher = Batcher("monitoring", self._count, FLUSH_S, FLUSH_AT)
         if directory is None:
             base = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
             if base:
@@ -667,58 +670,23 @@ class Monitoring:
             return None
         return Monitor(self, key, labels, sha256, created_at, inputs, outputs, task)
 
-    # -- the queue --------------------------------------------------------------------------------
-
-    def wake(self) -> None:
-        """Have this worker's flusher count the queue ``FLUSH_S`` from now (started on first use in each process)."""
-        if self._flusher_pid != os.getpid():
-            with self._guard:
-                if self._flusher_pid != os.getpid():
-                    self._flusher_pid = os.getpid()
-                    atexit.register(self.flush)
-                    try:
-                        threading.Thread(target=self._flusher, name="nexus-monitoring", daemon=True).start()
-                    except RuntimeError:  # no thread to be had: requests count at FLUSH_AT, reports before they read
-                        log.exception("the monitoring flusher could not start")
-        self.awake.set()
-
-    def _flusher(self) -> None:
-        while True:
-            self.awake.wait()
-            time.sleep(FLUSH_S)
-            self.awake.clear()  # from here on, a prediction queued wakes the flusher again
-            try:
-                self.flush()
-            except Exception:  # never let the flusher die: the next wake-up counts what is left
-                log.exception("counting monitored predictions failed")
-
-    def flush(self) -> None:
-        """Count every prediction queued in this worker now (callers may overlap: each entry is taken once)."""
-        pending, taken = self.pending, []
-        try:
-            for _ in range(len(pending)):
-                taken.append(pending.popleft())
-        except IndexError:
-            pass  # another flush took the rest
-        if not taken:
-            return
+    def _count(self, taken: list[tuple[Monitor, float, dict[str, np.ndarray], Any]]) -> None:
+        """Count predictions taken from the queue, each version's share in one batch."""
         versions: dict[Monitor, list[tuple[Monitor, float, dict[str, np.ndarray], Any]]] = {}
         for entry in taken:
             versions.setdefault(entry[0], []).append(entry)
         for monitor, entries in versions.items():
             monitor.count(entries)
 
+    def flush(self) -> None:
+        """Count every prediction queued in this worker now."""
+        self.batcher.flush()
+
     def failed(self, monitor: Monitor) -> None:
         if self._failed is not None:
             self._failed(*monitor.labels)
         else:
             log.exception("monitoring failed", extra={"model_key": monitor.key})
-
-    def _forked(self) -> None:
-        """In a child after a fork: the parent's queue and flusher are not this process's."""
-        self.pending.clear()
-        self.awake = threading.Event()
-        self._flusher_pid = 0
 
     def lock_for(self, directory: Path) -> threading.Lock:
         """The lock of one version's counts in this process, shared by every Monitor of it (a version

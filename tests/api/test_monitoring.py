@@ -897,7 +897,7 @@ def test_a_wide_input_takes_a_table_of_its_width_not_of_its_summaries(app, clien
 def clock(monkeypatch):
     """A clock for nexus.monitoring.live alone, moved by the test."""
     now = SimpleNamespace(value=1_000_000.5)
-    monkeypatch.setattr(live, "time", SimpleNamespace(time=lambda: now.value, sleep=time.sleep))
+    monkeypatch.setattr(live, "time", SimpleNamespace(time=lambda: now.value))
     return now
 
 
@@ -1089,20 +1089,20 @@ def test_the_flusher_counts_the_queue_without_a_report(app, client):
                                                and own_counts(monitor).totals.sum(axis=0)[0] == 2):
         time.sleep(0.01)
     assert own_counts(monitor).totals.sum(axis=0).tolist() == [2, 4, 4]  # requests, predictions, predictions binned
-    assert not monitor.owner.pending
+    assert not monitor.owner.batcher.pending
 
 
 def test_a_request_that_finds_flush_at_queued_counts_them_itself(app, client, monkeypatch):
-    monkeypatch.setattr(live, "FLUSH_S", 60.0)  # the flusher, once woken, sleeps through the test
+    monkeypatch.setattr(app.extensions["nexus"].registry.monitoring.batcher, "wait_s", 60.0)  # the thread sleeps through the test
     uploaded(client, models.identity(), "qa", reference=npy_of(GOOD_ROWS), filename="r.npy")
     monitor = monitor_of(app, "qa")
     feeds = {"X": GOOD_ROWS[:1].astype(np.float32)}
     for n in range(1, live.FLUSH_AT):
         monitor.observe(feeds, None)
-        assert len(monitor.owner.pending) == n
+        assert len(monitor.owner.batcher.pending) == n
     assert not monitor.directory.exists()  # nothing counted yet
     monitor.observe(feeds, None)
-    assert not monitor.owner.pending
+    assert not monitor.owner.batcher.pending
     assert own_counts(monitor).totals.sum(axis=0).tolist() == [live.FLUSH_AT] * 3
 
 
@@ -1138,18 +1138,18 @@ def test_deleting_a_version_counts_its_queue_before_removing_its_counts(app, cli
     directory = monitor_of(app, "qd").directory
     assert client.delete("/models/qd").status_code == 200
     time.sleep(live.FLUSH_S * 3)  # the flusher's turn has passed: nothing of the version is written again
-    assert not directory.exists() and not app.extensions["nexus"].registry.monitoring.pending
+    assert not directory.exists() and not app.extensions["nexus"].registry.monitoring.batcher.pending
 
 
 def test_a_worker_that_stops_counts_its_queue(app, client, monkeypatch):
     import nexus
 
-    monkeypatch.setattr(live, "FLUSH_S", 60.0)  # the flusher, once woken, sleeps through the test
+    monkeypatch.setattr(app.extensions["nexus"].registry.monitoring.batcher, "wait_s", 60.0)  # the thread sleeps through the test
     monkeypatch.setattr(nexus, "_worker", app.extensions["nexus"])  # as start_worker leaves it in a gunicorn worker
     uploaded(client, models.identity(), "qw", reference=npy_of(GOOD_ROWS), filename="r.npy")
     predict(client, "qw", [1.0, 2.0, 3.0, 4.0])
     monitor = monitor_of(app, "qw")
-    assert len(monitor.owner.pending) == 1 and not monitor.directory.exists()
+    assert len(monitor.owner.batcher.pending) == 1 and not monitor.directory.exists()
     nexus.stop_worker(1)  # what gunicorn's worker_exit hook calls
-    assert not monitor.owner.pending
+    assert not monitor.owner.batcher.pending
     assert own_counts(monitor).totals.sum(axis=0).tolist() == [1, 1, 1]
