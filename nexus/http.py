@@ -7,8 +7,6 @@ which the middleware serves without a Flask request context, and the Flask views
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from flask import Flask, Request, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from nexus.errors import ApiError, BadInput, TooLarge, UnsupportedMediaType
+from nexus.ids import new_request_id, valid_request_id
 from nexus.routing import pinned_and_key
 
 log = logging.getLogger("nexus.errors")
@@ -26,8 +25,6 @@ log = logging.getLogger("nexus.errors")
 REQUEST_ID_ENVIRON = "nexus.request_id"
 ROUTE_ENVIRON = "nexus.route"
 CALL_ENVIRON = "nexus.call"  # the inference.Call of a prediction, for the middleware's metrics and log line
-REQUEST_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
-_VALID_REQUEST_ID = re.compile(REQUEST_ID_PATTERN).fullmatch
 # NaN and +-Infinity become null (orjson's rule); numpy arrays and int map keys are written natively.
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _READ_CHUNK = 1024 * 1024
@@ -54,22 +51,8 @@ class Reply:
     headers: tuple[tuple[str, str], ...] = field(default=())
 
 
-def new_request_id() -> str:
-    """Return a random UUID4 as text (what ``str(uuid.uuid4())`` gives, in 1 µs instead of 2.5)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def valid_request_id(value: object) -> bool:
-    """Tell whether ``value`` may be used as a request id (1-128 chars of ``[A-Za-z0-9._:-]``)."""
-    return isinstance(value, str) and _VALID_REQUEST_ID(value) is not None
-
-
 def request_id_of(environ: dict[str, Any]) -> str:
-    """Return the request's id, making one from ``X-Request-ID`` or a new UUID4 the first time."""
+    """Return the request's id, making one from ``X-Request-ID`` or a new UUIDv7 the first time."""
     rid = environ.get(REQUEST_ID_ENVIRON)
     if rid is None:
         incoming = environ.get("HTTP_X_REQUEST_ID")

@@ -29,11 +29,10 @@ from nexus.http import (
     ROUTE_ENVIRON,
     Reply,
     error_reply,
-    new_request_id,
     serving,
     unexpected_reply,
-    valid_request_id,
 )
+from nexus.ids import new_request_id, valid_request_id
 from nexus.observability import metrics
 
 log = logging.getLogger("nexus.request")

@@ -21,12 +21,12 @@ from nexus.errors import (
     InvalidModel,
     ModelBusy,
     ModelLoading,
-    MonitoringOff,
     ModelLoadTimeout,
     ModelNotFound,
     ModelTooLarge,
     ModelUnavailable,
     ModelUnloaded,
+    MonitoringOff,
     NotReady,
     StorageFull,
     StorageNotWritable,
@@ -38,7 +38,8 @@ from nexus.errors import (
     VersionInUse,
     VersionNotFound,
 )
-from nexus.http import REQUEST_ID_PATTERN, ROUTING_KEY_HEADER, VERSION_HEADER
+from nexus.http import ROUTING_KEY_HEADER, VERSION_HEADER
+from nexus.ids import REQUEST_ID_PATTERN
 from nexus.routing import MAX_ROUTING_KEY
 from nexus.store import ID_PATTERN, ID_RULE, RESERVED_IDS, VERSION_PATTERN, VERSION_RULE
 from nexus.tensors import DTYPES

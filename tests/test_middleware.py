@@ -14,9 +14,9 @@ from tests.conftest import metric as sample
 
 
 @pytest.mark.parametrize("path", ["/health", "/models", "/nope", "/models/ghost"])
-def test_every_response_carries_a_uuid4_request_id(client, path):
+def test_every_response_carries_a_uuid7_request_id(client, path):
     response = client.get(path)
-    assert uuid.UUID(response.headers["X-Request-ID"]).version == 4
+    assert uuid.UUID(response.headers["X-Request-ID"]).version == 7
     if response.status_code >= 400:
         assert response.get_json()["request_id"] == response.headers["X-Request-ID"]
 
@@ -32,7 +32,7 @@ def test_a_valid_incoming_request_id_is_kept(client, given):
 def test_an_invalid_incoming_request_id_is_replaced(client, given):
     response = client.get("/health", headers={"X-Request-ID": given})
     assert response.headers["X-Request-ID"] != given
-    assert uuid.UUID(response.headers["X-Request-ID"]).version == 4
+    assert uuid.UUID(response.headers["X-Request-ID"]).version == 7
 
 
 def test_no_cors_headers_without_an_origin(client):
@@ -167,11 +167,28 @@ def test_a_deleted_model_leaves_no_series_in_metrics(client, upload_model):
     assert b'model_id="gone"' not in text and b"http_requests_total" in text
 
 
-def test_generated_request_ids_are_distinct_uuid4_text():
-    from nexus.http import new_request_id
+def test_generated_request_ids_are_distinct_uuid7_text():
+    from nexus.ids import new_request_id
 
     ids = {new_request_id() for _ in range(2000)}
     assert len(ids) == 2000
     for text in list(ids)[:200]:
         parsed = uuid.UUID(text)
-        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+
+
+def test_a_generated_request_id_tells_its_time_and_other_ids_do_not():
+    import time
+
+    from nexus.ids import new_request_id, request_id_time
+
+    before = time.time()
+    made = request_id_time(new_request_id())
+    assert made is not None and before - 0.002 <= made <= time.time() + 0.002
+    for other in (str(uuid.uuid4()), "client-id-1", "01a22f8d-8be5-4b6b-ad6d-6629f5cd9adb", "x" * 36, ""):
+        assert request_id_time(other) is None
+    made = []
+    for _ in range(3):
+        made.append(new_request_id())
+        time.sleep(0.002)
+    assert sorted(made) == made  # time-ordered as text

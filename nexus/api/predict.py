@@ -10,7 +10,9 @@ from typing import Any
 
 from flask import Blueprint
 
+from nexus import inference
 from nexus.api import check_predict_token
+from nexus.clock import utc_now
 from nexus.errors import BadInput
 from nexus.http import (
     CALL_ENVIRON,
@@ -19,11 +21,9 @@ from nexus.http import (
     dumps,
     read_json_body,
     request_id_of,
-    valid_request_id,
     version_and_key,
 )
-from nexus import inference
-from nexus.clock import utc_now
+from nexus.ids import valid_request_id
 from nexus.inference import Call, InferenceRequest, Input
 from nexus.tensors import decode_features, encode_output, flatten_output
 

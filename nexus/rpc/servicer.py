@@ -21,7 +21,8 @@ from google.protobuf import json_format
 from nexus import auth, inference, oip, routing
 from nexus.config import MB
 from nexus.errors import ApiError, BadInput, ModelNotFound, TooLarge
-from nexus.http import REQUEST_ID_ENVIRON, new_request_id, serving, valid_request_id
+from nexus.http import REQUEST_ID_ENVIRON, serving
+from nexus.ids import new_request_id, valid_request_id
 from nexus.inference import Call, InferenceRequest, Input
 from nexus.observability import metrics
 from nexus.rpc import inference_pb2 as pb

@@ -122,13 +122,13 @@ def test_a_valid_request_id_header_is_echoed(client, upload_model, given):
 
 
 @pytest.mark.parametrize("given", ["r" * 200, "has spaces", "semi;colon", ""])
-def test_an_invalid_request_id_header_is_replaced_by_a_uuid4(client, upload_model, given):
+def test_an_invalid_request_id_header_is_replaced_by_a_uuid7(client, upload_model, given):
     upload_model(models.identity(), "m")
     response = predict(client, {"model_id": "m", "features": [1, 2, 3, 4]}, headers={"X-Request-ID": given})
     assert response.status_code == 200
     request_id = response.get_json()["request_id"]
     assert request_id == response.headers["X-Request-ID"] != given
-    assert uuid.UUID(request_id).version == 4
+    assert uuid.UUID(request_id).version == 7
 
 
 BAD = [

@@ -736,7 +736,7 @@ def test_metrics_and_log_lines_count_every_call_across_workers(server):
         with pytest.raises(grpc.RpcError) as caught:
             stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="ghost"), timeout=TIMEOUT)
     generated = dict(caught.value.trailing_metadata())["x-request-id"]
-    assert uuid.UUID(generated).version == 4
+    assert uuid.UUID(generated).version == 7
     (line,) = wait_for(lambda: records_with(server, generated))
     assert (line["protocol"], line["rpc"], line["code"]) == ("grpc", "ModelMetadata", "NOT_FOUND")
     assert total(metric_samples(server), "grpc_requests_total", method="ModelMetadata", code="NOT_FOUND") >= 1

@@ -124,7 +124,7 @@ def test_request_id_round_trip_and_generated_ids(live):
     given = predict(live, **{"X-Request-ID": "client-chosen-id"})
     assert given.headers["X-Request-ID"] == "client-chosen-id" == given.json()["request_id"]
     made = requests.get(live.url("/nope"), headers=CLOSE, timeout=5)
-    assert uuid.UUID(made.headers["X-Request-ID"]).version == 4
+    assert uuid.UUID(made.headers["X-Request-ID"]).version == 7
     assert made.json()["request_id"] == made.headers["X-Request-ID"]
 
 
