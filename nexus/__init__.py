@@ -55,7 +55,8 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
     watch = MonitoringSettings(settings.monitoring, settings.reference_rows, settings.drift_window_s, settings.drift_last_n,
                                settings.drift_warn, settings.drift_alert, settings.drift_min_count)
     registry = Registry(store, settings.ort_threads, observer=metrics, limits=settings.limits, load_wait_s=settings.load_wait_s,
-                        monitoring=Monitoring(watch, store, failed=metrics.monitoring_failed) if settings.monitoring else None)
+                        monitoring=Monitoring(watch, store, failed=metrics.monitoring_failed) if settings.monitoring else None,
+                        recorder=recorder(settings))
     app.extensions["nexus"] = Nexus(settings, store, registry)
     init_errors(app)
     app.before_request(note_route)
@@ -63,6 +64,19 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
     register_blueprints(app)
     app.wsgi_app = Edge(app, settings.cors_origins, hot_routes())
     return app
+
+
+def recorder(settings: config.Settings):
+    """This server's prediction records (None with NEXUS_RECORDS=0): the database is opened on first use."""
+    if not settings.records:
+        return None
+    from nexus.observability import metrics
+    from nexus.records.database import Database, engine_url
+    from nexus.records.recorder import RecordSettings, Recorder
+
+    keep = RecordSettings(settings.record_inputs, settings.record_retention_days * 86_400, settings.record_queue)
+    return Recorder(Database(engine_url(settings.database_url, settings.state_path)), keep,
+                    dropped=metrics.records_dropped, written=metrics.records_written)
 
 
 def hot_routes() -> dict:
@@ -90,8 +104,10 @@ def start_worker(app: Flask) -> None:
 
 def stop_worker(grace_s: float) -> None:
     """When the worker exits: let gRPC calls in flight finish for up to ``grace_s``, then count the
-    predictions monitoring still has queued."""
+    predictions monitoring still has queued and write the records still queued."""
     if _grpc is not None:
         _grpc.stop(grace_s)
     if _worker is not None and _worker.registry.monitoring is not None:
         _worker.registry.monitoring.flush()
+    if _worker is not None and _worker.registry.recorder is not None:
+        _worker.registry.recorder.flush()

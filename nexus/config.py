@@ -46,10 +46,24 @@ class Settings:
     drift_warn: float = 0.1
     drift_alert: float = 0.25
     drift_min_count: int = 100
+    records: bool = True
+    database_url: str | None = None  # None: SQLite in state_dir
+    state_dir: Path | None = None  # None: next to the model directory (<model_dir>.state)
+    record_inputs: bool = False
+    record_retention_days: float = 7
+    record_queue: int = 100_000
 
     def __post_init__(self) -> None:
         if not self.drift_warn < self.drift_alert:
             raise ConfigError(f"NEXUS_DRIFT_WARN ({self.drift_warn}) must be below NEXUS_DRIFT_ALERT ({self.drift_alert})")
+
+    @property
+    def state_path(self) -> Path:
+        """Where this server keeps its own state (the SQLite records database): NEXUS_STATE_DIR, or
+        a directory beside the model directory (never inside it, which replicas may share)."""
+        if self.state_dir is not None:
+            return self.state_dir
+        return self.model_dir.parent / f"{self.model_dir.name or 'models'}.state"
 
     @property
     def max_upload_bytes(self) -> int:
@@ -113,6 +127,15 @@ def _port_or_off(raw: str) -> int:
     return value
 
 
+def _database_url(raw: str) -> str | None:
+    url = raw.strip()
+    if not url:
+        return None
+    if not url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://", "sqlite:///")):
+        raise ValueError("must be a postgresql://user:password@host:port/database URL (or sqlite:///path)")
+    return url
+
+
 def _host(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must be an address such as 127.0.0.1 or 0.0.0.0")
@@ -158,6 +181,12 @@ _ENV = {
     "NEXUS_DRIFT_WARN": ("drift_warn", _positive_number),
     "NEXUS_DRIFT_ALERT": ("drift_alert", _positive_number),
     "NEXUS_DRIFT_MIN_COUNT": ("drift_min_count", _positive_int),
+    "NEXUS_RECORDS": ("records", _flag),
+    "NEXUS_DATABASE_URL": ("database_url", _database_url),
+    "NEXUS_STATE_DIR": ("state_dir", Path),
+    "NEXUS_RECORD_INPUTS": ("record_inputs", _flag),
+    "NEXUS_RECORD_RETENTION_DAYS": ("record_retention_days", _positive_number),
+    "NEXUS_RECORD_QUEUE": ("record_queue", _positive_int),
 }
 
 
@@ -216,6 +245,7 @@ def with_overrides(settings: Settings, overrides: Mapping[str, object]) -> Setti
     if unknown:
         raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     values = dict(overrides)
-    if "model_dir" in values:
-        values["model_dir"] = Path(values["model_dir"])  # type: ignore[arg-type]
+    for name in ("model_dir", "state_dir"):
+        if values.get(name) is not None:
+            values[name] = Path(values[name])  # type: ignore[arg-type]
     return replace(settings, **values)

@@ -73,6 +73,16 @@ class MonitoringOff(ApiError):
         super().__init__("monitoring is turned off on this server (NEXUS_MONITORING=0)")
 
 
+class RecordsOff(ApiError):
+    """404: raise when feedback or accuracy is asked of a server that records nothing (NEXUS_RECORDS=0)."""
+
+    status = 404
+    code = "records_off"
+
+    def __init__(self) -> None:
+        super().__init__("prediction records are turned off on this server (NEXUS_RECORDS=0), so there is no feedback or accuracy")
+
+
 class ModelUnloaded(ModelNotFound):
     """404: raise when a model's files are kept but it was unloaded through the repository API."""
 
@@ -236,3 +246,13 @@ class StorageUnavailable(NotReady):
 
     def __init__(self) -> None:
         super().__init__("the model directory is missing or unreadable; check the volume behind NEXUS_MODEL_DIR")
+
+
+class RecordsUnavailable(NotReady):
+    """503: raise when the records database cannot be reached (feedback cannot be stored or read now)."""
+
+    code = "records_unavailable"
+
+    def __init__(self, reason: str, retry_after_s: int = 5) -> None:
+        super().__init__(f"the records database is unavailable: {reason}; retry in {retry_after_s} s")
+        self.headers = {"Retry-After": str(retry_after_s)}

@@ -136,20 +136,34 @@ def read_body(environ: dict[str, Any], limit: int) -> bytes:
 
 def read_json_body(environ: dict[str, Any], limit: int) -> dict[str, Any]:
     """Read and parse the body as one JSON object, or raise the 4xx that says what is wrong."""
+    return parse_json_object(_json_bytes(environ, limit))
+
+
+def read_json(environ: dict[str, Any], limit: int, expected: str) -> Any:
+    """Read and parse the body as JSON of any shape (``expected`` names it in the error of an empty body)."""
+    return parse_json(_json_bytes(environ, limit), expected)
+
+
+def _json_bytes(environ: dict[str, Any], limit: int) -> bytes:
     mimetype = mimetype_of(environ)
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise UnsupportedMediaType(f"send the body as JSON with 'Content-Type: application/json', not '{mimetype}'")
-    return parse_json_object(read_body(environ, limit))
+    return read_body(environ, limit)
+
+
+def parse_json(data: bytes | memoryview, expected: str) -> Any:
+    """Parse ``data`` as JSON, or raise BadInput saying what is wrong."""
+    if not data:
+        raise BadInput(f"request body is empty; send {expected}")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadInput(f"request body is not valid JSON: {exc}") from None
 
 
 def parse_json_object(data: bytes | memoryview) -> dict[str, Any]:
     """Parse ``data`` as one JSON object, or raise BadInput saying what is wrong."""
-    if not data:
-        raise BadInput("request body is empty; send a JSON object")
-    try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise BadInput(f"request body is not valid JSON: {exc}") from None
+    body = parse_json(data, "a JSON object")
     if not isinstance(body, dict):
         raise BadInput(f"request body must be a JSON object, not {type(body).__name__}")
     return body

@@ -45,6 +45,7 @@ class InferenceRequest(NamedTuple):
     outputs: Sequence[str] | None = None  # names in the order wanted; None: all, in the model's order
     version: str | None = None  # pinned; None: the model's routing chooses
     routing_key: str | None = None  # the same key gets the same version under a given routing
+    request_id: str | None = None  # the id the client gets back: the prediction's record is filed under it
 
 
 class InferenceResponse(NamedTuple):
@@ -84,14 +85,18 @@ def infer(registry: Registry, request: InferenceRequest, call: Call) -> Inferenc
     feeds = _feeds(model, request.inputs)
     specs = _outputs(model, request.outputs)
     names = [spec.name for spec in specs]
-    monitor = model.monitor
-    watched = monitor.task.output if monitor is not None else None
-    extra = watched is not None and watched not in names  # run the output monitoring reads too, then drop it
+    monitor, recorder = model.monitor, registry.recorder if request.request_id is not None else None
+    watched = model.watched if monitor is not None or recorder is not None else None
+    extra = watched is not None and watched not in names  # run the output monitoring and records read too, then drop it
     started = time.perf_counter()
     results = model.runtime.run(feeds, [*names, watched] if extra else names)
     metrics.observe_inference(model.id, model.version, time.perf_counter() - started)
-    if monitor is not None:
-        monitor.observe(feeds, results.pop() if extra else results[names.index(watched)] if watched else None)
+    if monitor is not None or recorder is not None:
+        value = results.pop() if extra else results[names.index(watched)] if watched else None
+        if monitor is not None:
+            monitor.observe(feeds, value)
+        if recorder is not None:
+            recorder.observe(request.request_id, model.id, model.version, model.upload, model.kind, value, feeds)  # type: ignore[arg-type]
     if routed and entry.plan.shadows:
         for version in entry.plan.shadows_for(model.version, request.routing_key):
             _shadow(registry.loaded(entry, version), entry.id, version, request, specs[0].name, results[0])

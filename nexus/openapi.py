@@ -28,6 +28,8 @@ from nexus.errors import (
     ModelUnloaded,
     MonitoringOff,
     NotReady,
+    RecordsOff,
+    RecordsUnavailable,
     StorageFull,
     StorageNotWritable,
     StorageUnavailable,
@@ -40,6 +42,7 @@ from nexus.errors import (
 )
 from nexus.http import ROUTING_KEY_HEADER, VERSION_HEADER
 from nexus.ids import REQUEST_ID_PATTERN
+from nexus.records.recorder import MAX_LABELS
 from nexus.routing import MAX_ROUTING_KEY
 from nexus.store import ID_PATTERN, ID_RULE, RESERVED_IDS, VERSION_PATTERN, VERSION_RULE
 from nexus.tensors import DTYPES
@@ -216,6 +219,45 @@ _SCHEMAS: dict[str, Any] = {
             "drift": {"type": "object", "required": ["status", "window", "last_n"],
                       "properties": {"status": {"enum": ["ok", "warn", "alert", "insufficient", "no_reference"]},
                                      "window": {"type": ["object", "null"]}, "last_n": {"type": ["object", "null"]}}},
+        },
+    },
+    "FeedbackItem": {
+        "type": "object",
+        "required": ["request_id", "truth"],
+        "additionalProperties": False,
+        "properties": {
+            "request_id": {"type": "string", "pattern": f"^{REQUEST_ID_PATTERN}(/[0-9]{{1,9}})?$",
+                           "description": "The prediction's request id (X-Request-ID), with /<row> for a row of a batch"},
+            "truth": {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 256}, {"type": "number"}],
+                      "description": "The true class (string or integer) of a classifier, or the true value (number) of a regressor"},
+        },
+    },
+    "FeedbackAnswer": {
+        "type": "object",
+        "required": ["model_id", "received", "matched", "duplicate", "unknown", "expired", "items"],
+        "properties": {
+            "model_id": {"type": "string"},
+            **{name: {"type": "integer"} for name in ("received", "matched", "duplicate", "unknown", "expired")},
+            "items": {"type": "array", "items": {
+                "type": "object", "required": ["request_id", "outcome"],
+                "properties": {"request_id": {"type": "string"}, "outcome": {"enum": ["matched", "duplicate", "unknown", "expired"]},
+                               "version": {"type": "string"}, "predicted": {}, "correct": {"type": "boolean"},
+                               "error": {"type": "number", "description": "predicted - truth (regressor)"}}}},
+        },
+    },
+    "PerformanceReport": {
+        "type": "object",
+        "description": "One version's accuracy from the labels received (README: Feedback and accuracy)",
+        "required": ["model_id", "version", "task", "windows", "timeline"],
+        "properties": {
+            "model_id": {"type": "string"},
+            "version": {"type": "string"},
+            "task": {"type": "object", "properties": {"kind": {"enum": ["classifier", "regressor", None]},
+                                                      "output": {"type": ["string", "null"]}}},
+            "windows": {"type": "object", "required": ["hour", "day", "since_upload"],
+                        "additionalProperties": {"type": "object", "required": ["seconds", "labels"]}},
+            "timeline": {"type": "object", "required": ["bucket_seconds", "points"],
+                         "properties": {"bucket_seconds": {"type": "integer"}, "points": {"type": "array", "items": {"type": "object"}}}},
         },
     },
     "ModelSummary": {
@@ -574,6 +616,12 @@ def _model_paths() -> dict[str, Any]:
     monitoring = {"type": "object", "required": ["model_id", "thresholds", "versions"],
                   "properties": {"model_id": {"type": "string"}, "thresholds": _ANY_OBJECT,
                                  "versions": {"type": "array", "items": _ref("MonitoringReport")}}}
+    performance = {"type": "object", "required": ["model_id", "versions"],
+                   "properties": {"model_id": {"type": "string"}, "versions": {"type": "array", "items": _ref("PerformanceReport")}}}
+    feedback_body = {"type": "array", "minItems": 1, "maxItems": MAX_LABELS, "items": _ref("FeedbackItem")}
+    feedback_examples = {"labels": ("Two labels: a one-row prediction and row 1 of a batch",
+                                    [{"request_id": "01a22f8d-69ea-7b9f-99c8-41364bcd0c5b", "truth": 0},
+                                     {"request_id": "01a22f8d-6a01-7c2e-8f00-5d1e2c3b4a59/1", "truth": 2}])}
     predict_examples = {
         "features": ("One sample of the demo model", {"model_id": DEMO_ID, "features": DEMO_SAMPLES[0]}),
         "inputs": ("A batch of two, by input name",
@@ -612,6 +660,25 @@ def _model_paths() -> dict[str, Any]:
             "get": _op("One version's confidence, classes and input drift, over all workers",
                        {"200": _json(_ref("MonitoringReport"), "The version's monitoring")},
                        (*_FINDS_A_MODEL, VersionNotFound, MonitoringOff)),
+        },
+        "/models/{model_id}/feedback": {
+            "parameters": [_MODEL_ID],
+            "post": _op("Label past predictions by their request ids (joined in any worker or replica sharing the records)",
+                        {"200": _json(_ref("FeedbackAnswer"), "Each label's outcome, and how many of each")},
+                        (*_FINDS_A_MODEL, RecordsOff, RecordsUnavailable, TooLarge, UnsupportedMediaType),
+                        body=_json_body(feedback_body, feedback_examples)),
+        },
+        "/models/{model_id}/performance": {
+            "parameters": [_MODEL_ID],
+            "get": _op("Accuracy (or error) of each version from the labels received: last hour, last day, since upload",
+                       {"200": _json(performance, "Each loaded version's accuracy")},
+                       (*_FINDS_A_MODEL, RecordsOff, RecordsUnavailable)),
+        },
+        "/models/{model_id}/versions/{version}/performance": {
+            "parameters": [_MODEL_ID, _VERSION],
+            "get": _op("One version's accuracy (or error) from the labels received",
+                       {"200": _json(_ref("PerformanceReport"), "The version's accuracy")},
+                       (*_FINDS_A_MODEL, VersionNotFound, RecordsOff, RecordsUnavailable)),
         },
         "/models/{model_id}/versions/{version}": {
             "parameters": [_MODEL_ID, _VERSION],

@@ -50,9 +50,10 @@ from nexus.errors import (
 )
 from nexus.monitoring import features, reference
 from nexus.monitoring.live import Monitor, Monitoring
+from nexus.records.recorder import Recorder
 from nexus.routing import Plan, Routing
 from nexus.runtime import Runtime, TensorSpec
-from nexus.store import ModelStore, PendingFile, StoredModel, check_id, model_of, sha256_of, version_key
+from nexus.store import ModelStore, PendingFile, StoredModel, check_id, model_of, sha256_of, upload_id, version_key
 
 log = logging.getLogger("nexus.registry")
 
@@ -81,10 +82,21 @@ class Model:
     load_check: dict[str, Any] | None = field(default=None, compare=False)
     task: dict[str, Any] | None = field(default=None, compare=False)  # what monitoring reads: classifier or regressor, which output
     monitor: Monitor | None = field(default=None, compare=False, repr=False)  # this worker's counting; None: monitoring off
+    upload: str = field(default="", compare=False)  # which upload of the version this is (store.upload_id)
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
         return self.runtime.inputs
+
+    @property
+    def watched(self) -> str | None:
+        """The output monitoring and the records read (class probabilities, or the regressor's values), if any."""
+        return self.task.get("output") if self.task else None
+
+    @property
+    def kind(self) -> str | None:
+        """classifier or regressor, when the model has an output a label can be compared with."""
+        return self.task.get("kind") if self.task and self.task.get("output") else None
 
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
@@ -141,11 +153,13 @@ class Registry:
     """The models this worker serves; the dicts are swapped whole under ``_lock``, never edited."""
 
     def __init__(self, store: ModelStore, ort_threads: int, observer: ModuleType | object | None = None,
-                 limits: Limits | None = None, load_wait_s: float = 5, monitoring: Monitoring | None = None) -> None:
+                 limits: Limits | None = None, load_wait_s: float = 5, monitoring: Monitoring | None = None,
+                 recorder: Recorder | None = None) -> None:
         """``observer``, if given, has ``models_changed(count)`` and ``model_loaded(seconds)``; ``monitoring``,
-        if given, gives every version a monitor."""
+        if given, gives every version a monitor; ``recorder``, if given, keeps a record of every prediction."""
         self.store = store
         self.monitoring = monitoring
+        self.recorder = recorder
         self.ort_threads = ort_threads
         self.limits = limits or Settings().limits
         self.load_wait_s = load_wait_s
@@ -584,6 +598,7 @@ class Registry:
             load_check=load_check,
             task=task,
             monitor=monitor,
+            upload=upload_id(digest, created_at),
         )
 
     def _changed(self, before: dict[str, Model], after: dict[str, Model]) -> None:
@@ -715,7 +730,7 @@ class Registry:
                                    f"move it away first with PUT /models/{model_id}/routing")
             key = stored[version][0]
             self.store.remove(key, _without(current, version).document())
-        self._forget([key])
+        self._forget([key], model_id, version)
         self._swap(lambda models: models.pop(key, None))
         log.info("model version deleted", extra={"model_id": model_id, "version": version})
 
@@ -729,15 +744,18 @@ class Registry:
             routing = self._stored_routing(model_id).document()
             for i, key in enumerate(keys):
                 self.store.remove(key, None if i == len(keys) - 1 else routing)  # the last removes the document
-        self._forget(keys)
+        self._forget(keys, model_id)
         self._swap(lambda models: [models.pop(key, None) for key in keys])
         log.info("model deleted", extra={"model_id": model_id})
 
-    def _forget(self, keys: list[str]) -> None:
-        """Drop the monitoring counts of deleted versions (every worker's files: one directory each)."""
+    def _forget(self, keys: list[str], model_id: str, version: str | None = None) -> None:
+        """Drop the monitoring counts (every worker's files: one directory each) and the prediction
+        records of deleted versions (``version`` None: the whole model)."""
         if self.monitoring is not None:
             for key in keys:
                 self.monitoring.discard(key)
+        if self.recorder is not None:
+            self.recorder.forget(model_id, version)
 
     def _on_disk(self, model_id: str) -> dict[str, tuple[str, int]]:
         """Return the model's versions as the directory has them now: version -> (key, sequence). Hold the claim."""

@@ -535,3 +535,9 @@ class ModelStore:
 
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def upload_id(sha256: str, created_at: str) -> str:
+    """A short name for one upload of a version: the same id and version uploaded again is another upload
+    (monitoring counts and prediction records start from zero for it)."""
+    return hashlib.sha256(f"{sha256} {created_at}".encode()).hexdigest()[:12]

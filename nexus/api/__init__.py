@@ -39,7 +39,7 @@ def text_field(source, name: str, max_length: int) -> str:
 
 
 def register_blueprints(app: Flask) -> None:
-    from nexus.api import console, docs, health, models, predict, triton, upload, v2
+    from nexus.api import console, docs, feedback, health, models, predict, triton, upload, v2
 
-    for module in (console, docs, health, models, predict, upload, v2, triton):
+    for module in (console, docs, feedback, health, models, predict, upload, v2, triton):
         app.register_blueprint(module.bp)

@@ -28,8 +28,12 @@ def live():
 def ready():
     """Say whether this worker has loaded the model directory and can still read it."""
     check_ready()
-    count = nexus().registry.count()  # in step with the directory like every prediction, and never waits: a probe
-    return json_response({"status": "ready", "models": count, "version": __version__, "timestamp": utc_now()})
+    registry = nexus().registry
+    count = registry.count()  # in step with the directory like every prediction, and never waits: a probe
+    body = {"status": "ready", "models": count, "version": __version__, "timestamp": utc_now()}
+    if registry.recorder is not None:  # a database that is down costs records, not predictions: said here, not failed
+        body["records"] = registry.recorder.status()
+    return json_response(body)
 
 
 def check_ready() -> None:

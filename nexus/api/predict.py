@@ -38,7 +38,7 @@ def handle(app_state, environ: dict[str, Any]) -> Reply:
     request_id = _request_id(environ, body)
     version, key = version_and_key(environ, body.get("version"), body.get("routing_key"))
     call = environ[CALL_ENVIRON] = Call()
-    answer = inference.infer(app_state.registry, InferenceRequest(model_id, _inputs(body), None, version, key), call)
+    answer = inference.infer(app_state.registry, InferenceRequest(model_id, _inputs(body), None, version, key, request_id), call)
     outputs = {spec.name: encode_output(value) for spec, value in answer.outputs}
     prediction = flatten_output(answer.outputs[0][1])
     call.finish()

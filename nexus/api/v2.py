@@ -9,12 +9,21 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, request
 
-from nexus import oip
+from nexus import inference, oip
 from nexus.api import check_predict_token, nexus, require_predict_token, require_token
 from nexus.api.health import check_ready
 from nexus.errors import BadInput
-from nexus.http import CALL_ENVIRON, Reply, dumps, json_response, parse_json_object, read_body, version_and_key
-from nexus import inference
+from nexus.http import (
+    CALL_ENVIRON,
+    Reply,
+    dumps,
+    json_response,
+    parse_json_object,
+    read_body,
+    request_id_of,
+    version_and_key,
+)
+from nexus.ids import valid_request_id
 from nexus.inference import Call, InferenceRequest, InferenceResponse, Input
 from nexus.tensors import check_datatype, decode_v2, decode_v2_binary, encode_v2
 
@@ -65,7 +74,9 @@ def handle_infer(app_state, environ: dict[str, Any], name: str, version: str | N
     pinned, key = version_and_key(environ, version, _parameters(body, "the request").get("routing_key"))
     call = environ[CALL_ENVIRON] = Call()
     asked, as_binary = _wanted_outputs(body)
-    request = InferenceRequest(name, _inputs(body.get("inputs"), binary), asked, pinned, key)
+    given = body.get("id")  # the prediction's record is filed under the client's id, else the X-Request-ID it gets back
+    request = InferenceRequest(name, _inputs(body.get("inputs"), binary), asked, pinned, key,
+                               given if valid_request_id(given) else request_id_of(environ))
     reply = _response(inference.infer(app_state.registry, request, call), body, as_binary)
     call.finish()
     return reply

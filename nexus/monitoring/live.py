@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import atexit
 import fcntl
-import hashlib
 import logging
 import mmap
 import os
@@ -45,6 +44,7 @@ from nexus.errors import BadInput
 from nexus.monitoring import reference, sketch
 from nexus.monitoring.confidence import confidence
 from nexus.monitoring.features import Layout, Task, layout, task_of
+from nexus.store import upload_id
 
 if TYPE_CHECKING:
     from nexus.runtime import TensorSpec
@@ -164,7 +164,7 @@ class Monitor:
         self.owner, self.key, self.labels, self.sha256 = owner, key, labels, sha256
         self.layout: Layout = layout(inputs)
         self.task: Task = task_of(task, outputs)
-        self.directory = owner.directory / f"{key}.{_upload(sha256, created_at)}"
+        self.directory = owner.directory / f"{key}.{upload_id(sha256, created_at)}"
         self.settings = owner.settings
         self._slot_s = self.settings.window_s / SLOTS
         self._lock = owner.lock_for(self.directory)  # the flusher, a request flushing, and a reloaded Monitor of the version share the file
@@ -593,11 +593,6 @@ class Monitor:
         return {"status": status, "rows": rows, "features": features}
 
 
-def _upload(sha256: str, created_at: str) -> str:
-    """A short name for one upload of a version: a re-upload under the same key starts from zero."""
-    return hashlib.sha256(f"{sha256} {created_at}".encode()).hexdigest()[:12]
-
-
 _ORDER = {"insufficient": 0, "ok": 1, "warn": 2, "alert": 3}
 STATUS_VALUE = {"ok": 0, "insufficient": 0, "no_reference": 0, "warn": 1, "alert": 2}
 
@@ -732,5 +727,5 @@ class Monitoring:
                 sidecar = None
             except (OSError, ValueError):
                 continue  # unreadable for now: decide later
-            if sidecar is None or (sidecar.get("sha256") and _upload(str(sidecar["sha256"]), str(sidecar.get("created_at") or "")) != upload):
+            if sidecar is None or (sidecar.get("sha256") and upload_id(str(sidecar["sha256"]), str(sidecar.get("created_at") or "")) != upload):
                 self._drop(path)

@@ -128,6 +128,38 @@ def shadow_done(model_id: str, version: str, status: str, seconds: float | None 
         _child(SHADOW_DIFFERENCE, model_id, version).observe(difference)
 
 
+# -- prediction records and labels (nexus/records) ---------------------------------------------------
+
+FEEDBACK = Counter(
+    "model_feedback_total", "Labels joined with a classifier's prediction, by whether the prediction was right (correct, incorrect).",
+    ["model_id", "version", "outcome"],
+)
+FEEDBACK_ERROR = Histogram(
+    "model_feedback_abs_error", "Absolute error of a regressor's prediction, per label joined with it.", ["model_id", "version"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 50.0, 100.0, 1000.0),
+)
+RECORDS_WRITTEN = Counter("model_records_written_total", "Prediction records written to the records database.")
+RECORDS_DROPPED = Counter(
+    "model_records_dropped_total", "Prediction records dropped: the worker's queue was full while the database was slow or down.",
+)
+
+
+def feedback_counted(model_id: str, version: str, correct: bool | None, error: float | None) -> None:
+    """Count one label joined with its prediction: right or wrong (classifier), or its absolute error (regressor)."""
+    if correct is not None:
+        _child(FEEDBACK, model_id, version, "correct" if correct else "incorrect").inc()
+    elif error is not None:
+        _child(FEEDBACK_ERROR, model_id, version).observe(abs(error))
+
+
+def records_written(count: int) -> None:
+    RECORDS_WRITTEN.inc(count)
+
+
+def records_dropped(count: int) -> None:
+    RECORDS_DROPPED.inc(count)
+
+
 # -- monitoring (nexus/monitoring) ------------------------------------------------------------------
 # The monitoring series are computed at each scrape from the workers' counts files (exporter.py):
 # their names and labels are declared here, once.

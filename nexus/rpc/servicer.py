@@ -21,7 +21,7 @@ from google.protobuf import json_format
 from nexus import auth, inference, oip, routing
 from nexus.config import MB
 from nexus.errors import ApiError, BadInput, ModelNotFound, TooLarge
-from nexus.http import REQUEST_ID_ENVIRON, serving
+from nexus.http import REQUEST_ID_ENVIRON, current_request_id, serving
 from nexus.ids import new_request_id, valid_request_id
 from nexus.inference import Call, InferenceRequest, Input
 from nexus.observability import metrics
@@ -148,7 +148,9 @@ class Servicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
         version, key = routing.pinned_and_key(request.model_version or metadata.get("x-model-version") or None,
                                                 key or metadata.get("x-routing-key") or None)
         asked = [output.name for output in request.outputs] or None
-        answer = inference.infer(self.registry, InferenceRequest(request.model_name, _inputs(request), asked, version, key), call)
+        record_id = request.id if valid_request_id(request.id) else current_request_id()  # else the x-request-id sent back
+        answer = inference.infer(self.registry, InferenceRequest(request.model_name, _inputs(request), asked, version, key, record_id),
+                                 call)
         response = pb.ModelInferResponse(model_name=answer.model.id, model_version=answer.model.version, id=request.id)
         for spec, value in answer.outputs:
             tensor, payload = encode_v2(spec.name, spec.type, value, binary=True)
