@@ -18,7 +18,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOST=0.0.0.0 \
     PORT=8080 \
-    NEXUS_MODEL_DIR=/models
+    NEXUS_MODEL_DIR=/models \
+    NEXUS_STATE_DIR=/state
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin nexus
 WORKDIR /app
 COPY --from=build /usr/lib/locale/locale-archive /usr/lib/locale/locale-archive
@@ -26,10 +27,12 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY wsgi.py gunicorn.conf.py ./
 COPY --chown=nexus:nexus models /models
+# /state: the SQLite database of prediction records and labels (NEXUS_DATABASE_URL=postgresql://... instead for replicas)
+RUN mkdir /state && chown nexus:nexus /state
 USER nexus
 # 8080: HTTP (REST, V2, metrics, console); 8081: gRPC (NEXUS_GRPC_PORT)
 EXPOSE 8080 8081
-VOLUME ["/models"]
+VOLUME ["/models", "/state"]
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('PORT', '8080'), timeout=2)"
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.limits import micro_table, per_call_us  # noqa: E402
-from bench.run import BATCH, Case, Measure, Server, bench_models, lua_script, median_of, rounds_arguments, v2_body, wrk, write_section  # noqa: E402
+from bench.run import (  # noqa: E402
+    BATCH, Case, Measure, Server, bench_models, lua_script, median_of, rounds_arguments, v2_body, wrk, wsgi_call, write_section,
+)
 
 BEGIN, END = "<!-- monitoring: written by bench/monitoring.py -->", "<!-- /monitoring -->"
 IRIS_MEAN, IRIS_STD = np.array([5.8, 3.0, 3.8, 1.2]), np.array([0.8, 0.4, 1.8, 0.8])
@@ -84,19 +86,6 @@ def _app(monitoring: bool):
     return app
 
 
-def _request(app, case: Case):
-    """A call of ``case`` straight through the app's WSGI stack (the middleware's hot path), as gunicorn makes it."""
-    from werkzeug.test import EnvironBuilder
-
-    environ = EnvironBuilder(path=case.path, method="POST", data=case.body, headers=case.headers).get_environ()
-
-    def call():
-        environ["wsgi.input"] = io.BytesIO(case.body)
-        b"".join(app.wsgi_app(dict(environ), lambda status, headers, exc_info=None: None))
-
-    return call
-
-
 def whole_requests(seconds: float) -> list[str]:
     """Whole requests in one process, monitoring off against on, interleaved: the per-request cost without the network's noise."""
     from bench.limits import paired
@@ -105,7 +94,7 @@ def whole_requests(seconds: float) -> list[str]:
     time.sleep(2.5)  # past the registry's look-again window after the uploads (requests then stat the model's files)
     rows = []
     for case in cases():
-        before, after = paired(_request(off, case), _request(on, case), 7, seconds)
+        before, after = paired(wsgi_call(off, case), wsgi_call(on, case), 7, seconds)
         rows.append(f"| {case.name} | {before:.1f} µs | {after:.1f} µs | {after - before:+.1f} µs |")
     return rows
 

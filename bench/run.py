@@ -11,6 +11,7 @@ onnxruntime before it is timed. Needs: wrk, and the 'bench' extra (matplotlib, o
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -195,6 +196,19 @@ class Server:
             except ProcessLookupError:
                 pass
         self.log.close()
+
+
+def wsgi_call(app, case: Case):
+    """A call of ``case`` straight through the app's WSGI stack (the middleware's hot path), as gunicorn makes it."""
+    from werkzeug.test import EnvironBuilder
+
+    environ = EnvironBuilder(path=case.path, method="POST", data=case.body, headers=case.headers).get_environ()
+
+    def call():
+        environ["wsgi.input"] = io.BytesIO(case.body)
+        b"".join(app.wsgi_app(dict(environ), lambda status, headers, exc_info=None: None))
+
+    return call
 
 
 def lua_script(case: Case, directory: Path) -> Path:

@@ -104,3 +104,27 @@ def test_overrides_reject_unknown_names(overrides):
     unknown = next(k for k in overrides if k != "model_dir")
     with pytest.raises(ConfigError, match=f"unknown setting.*{unknown}"):
         with_overrides(Settings(), overrides)
+
+
+def test_record_settings_are_read_and_the_state_directory_sits_beside_the_models(tmp_path):
+    settings = from_env({"NEXUS_MODEL_DIR": "/srv/models"}, dotenv=None)
+    assert settings.records is True and settings.database_url is None and settings.record_inputs is False
+    assert settings.record_retention_days == 7 and settings.record_queue == 100_000
+    assert settings.state_path == Path("/srv/models.state")  # beside the model directory, never inside it
+    settings = from_env({"NEXUS_MODEL_DIR": "/srv/models/", "NEXUS_RECORDS": "0", "NEXUS_STATE_DIR": "/var/lib/nexus",
+                         "NEXUS_DATABASE_URL": "postgresql://u:p@db:5432/nexus", "NEXUS_RECORD_INPUTS": "1",
+                         "NEXUS_RECORD_RETENTION_DAYS": "0.5", "NEXUS_RECORD_QUEUE": "50"}, dotenv=None)
+    assert (settings.records, settings.state_path, settings.database_url) == (False, Path("/var/lib/nexus"), "postgresql://u:p@db:5432/nexus")
+    assert (settings.record_inputs, settings.record_retention_days, settings.record_queue) == (True, 0.5, 50)
+    assert from_env({"NEXUS_MODEL_DIR": "/srv/models/"}, dotenv=None).state_path == Path("/srv/models.state")
+    assert with_overrides(settings, {"state_dir": str(tmp_path)}).state_path == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("NEXUS_DATABASE_URL", "mysql://u:p@db/nexus"), ("NEXUS_DATABASE_URL", "db.example:5432"), ("NEXUS_RECORDS", "sometimes"),
+     ("NEXUS_RECORD_RETENTION_DAYS", "0"), ("NEXUS_RECORD_QUEUE", "0"), ("NEXUS_RECORD_INPUTS", "2")],
+)
+def test_bad_record_settings_name_the_variable(name, value):
+    with pytest.raises(ConfigError, match=name):
+        from_env({name: value}, dotenv=None)

@@ -112,6 +112,9 @@ totals = Table(
 )
 
 
+RECORD_COLUMNS = tuple(column.name for column in predictions.columns)  # a record's values, in this order
+
+
 class SchemaTooNew(RuntimeError):
     """The database was set up by a newer release of the server; this one does not write to it."""
 
@@ -164,6 +167,7 @@ class Database:
         self._pid = 0
         self._ready = False
         self._guard = threading.Lock()
+        self._write_sql: str | None = None
 
     # -- connection and schema ----------------------------------------------------------------
 
@@ -225,11 +229,20 @@ class Database:
 
     # -- writing --------------------------------------------------------------------------------
 
-    def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Store prediction records (a request id a client reused keeps its first record)."""
+    def write(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Store prediction records, each a tuple of ``RECORD_COLUMNS`` (a request id a client reused keeps its first record).
+
+        The statement is compiled once and handed to the driver's executemany with the rows as
+        they are: SQLAlchemy's per-row parameter processing would cost more than the insert.
+        """
         self.ensure()
+        if self._write_sql is None:
+            statement = self._insert(predictions).on_conflict_do_nothing()
+            compiled = statement.compile(dialect=type(self.engine.dialect)(paramstyle="format" if self.postgres else "qmark"))
+            assert tuple(compiled.positiontup) == RECORD_COLUMNS, compiled.positiontup  # type: ignore[arg-type]
+            self._write_sql = str(compiled)
         with self.engine.begin() as connection:
-            connection.execute(self._insert(predictions).on_conflict_do_nothing(), list(rows))
+            connection.exec_driver_sql(self._write_sql, list(rows))
 
     def label(self, model_id: str, given: Sequence[Label], now: float, cutoff: float, expired_id: Any) -> list[Outcome]:
         """Join each label with its prediction and store the new ones, in one transaction.

@@ -124,21 +124,20 @@ class Recorder:
         if self._dropped_cb is not None:
             self._dropped_cb(count)
 
-    def _rows(self, group: list[Pending]) -> list[dict[str, Any]]:
-        """The record rows of one version's predictions: per sample, the class and confidence (or the value)."""
-        first = group[0]
-        counts, predicted, values, confidences = _predictions(first.kind, [p.value for p in group])
+    def _rows(self, group: list[Pending]) -> list[tuple[Any, ...]]:
+        """The records (``RECORD_COLUMNS``) of one version's predictions: per sample, the class and confidence (or the value)."""
+        counts, predicted, values, confidences = _predictions(group[0].kind, [p.value for p in group])
+        total = sum(counts)
+        predicted = predicted or [None] * total  # type: ignore[list-item]
+        values = values or [None] * total  # type: ignore[list-item]
+        confidences = confidences or [None] * total  # type: ignore[list-item]
         rows = []
         at = 0
         for pending, n in zip(group, counts, strict=True):
             inputs = _inputs(pending.feeds, n) if pending.feeds is not None else None
             for row in range(n):
-                rows.append({"model_id": pending.model_id, "request_id": pending.request_id, "row": row, "version": pending.version,
-                             "upload": pending.upload, "created_at": pending.time,
-                             "predicted": predicted[at] if predicted is not None else None,
-                             "value": values[at] if values is not None else None,
-                             "confidence": confidences[at] if confidences is not None else None,
-                             "inputs": inputs[row] if inputs is not None else None})
+                rows.append((pending.model_id, pending.request_id, row, pending.version, pending.upload, pending.time,
+                             predicted[at], values[at], confidences[at], inputs[row] if inputs is not None else None))
                 at += 1
         return rows
 
