@@ -83,6 +83,7 @@ predictions = Table(
     Column("confidence", _DOUBLE),  # the top class's probability (classifier)
     Column("inputs", Text),  # JSON of the row's inputs, with NEXUS_RECORD_INPUTS=1
     Index("nexus_predictions_created", "created_at"),
+    sqlite_with_rowid=False,  # SQLite: the rows live in the key's tree, one tree less to write per record
 )
 
 labels = Table(
@@ -97,6 +98,7 @@ labels = Table(
     Column("error", _DOUBLE),  # regressor: predicted - truth
     Index("nexus_labels_version_time", "model_id", "version", "labeled_at"),
     Index("nexus_labels_time", "labeled_at"),
+    sqlite_with_rowid=False,
 )
 
 totals = Table(

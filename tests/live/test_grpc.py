@@ -783,3 +783,23 @@ def test_perf_analyzer_over_grpc(perf_analyzer, server):  # noqa: F811 (the fixt
     after = requests.get(stats_url, headers=CLOSE, timeout=TIMEOUT).json()["model_stats"][0]["inference_stats"]
     assert after["success"]["count"] - before["success"]["count"] >= client_requests > 0
     assert after["fail"]["count"] == before["fail"]["count"]
+
+
+# -- records: a gRPC prediction is labeled over REST -------------------------------------------------
+
+
+def test_a_grpc_prediction_is_recorded_under_its_id_and_labeled_over_rest(server):
+    want_label = onnxruntime_run(IRIS, {"input": IRIS_X}, ["output_label"])[0]
+    with_id, _ = typed_infer(server, typed_request("iris", {"input": IRIS_X}, id="grpc-labeled-1"))
+    assert with_id.get_response().id == "grpc-labeled-1"
+    _, trailing = typed_infer(server, typed_request("iris", {"input": IRIS_X[:1]}))  # no id: filed under the x-request-id sent back
+    generated = trailing["x-request-id"]
+    labels = [{"request_id": f"grpc-labeled-1/{row}", "truth": int(want_label[row])} for row in range(len(IRIS_X))]
+    labels += [{"request_id": "grpc-labeled-1/0", "truth": int(want_label[0])}, {"request_id": generated, "truth": 99}]
+    time.sleep(1.0)  # a record is written within a fraction of a second by the worker that served it
+    answer = requests.post(server.url("/models/iris/feedback"), json=labels, headers=CLOSE, timeout=TIMEOUT)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [item["outcome"] for item in body["items"]] == ["matched"] * len(IRIS_X) + ["duplicate", "matched"]
+    assert all(item["correct"] for item in body["items"][:len(IRIS_X)]) and body["items"][-1]["correct"] is False
+    assert [item["predicted"] for item in body["items"][:len(IRIS_X)]] == [str(int(v)) for v in want_label]
