@@ -96,6 +96,8 @@ def start_worker(app: Flask) -> None:
     global _grpc, _worker
     state = _worker = app.extensions["nexus"]
     state.registry.start()
+    if state.registry.recorder is not None:
+        state.registry.recorder.start()
     if state.settings.grpc_port:
         from nexus.rpc import server
 

@@ -37,6 +37,7 @@ WRITE_S = 0.2  # a record waits at most about this long in its worker before it 
 RETRY_S = (0.5, 5.0)  # pauses between tries while the database fails: first, longest
 PRUNE_EVERY_S = 600.0  # each worker prunes past the retention this often (with jitter)
 MAX_LABELS = 10_000  # labels per feedback call
+MAX_INPUT_BYTES = 64 * 1024  # with NEXUS_RECORD_INPUTS=1, a request's inputs are kept up to this size (the queue holds them)
 DAY = 86_400
 
 
@@ -81,8 +82,19 @@ class Recorder:
     def observe(self, request_id: str, model_id: str, version: str, upload: str, kind: str | None, value: Any,
                 feeds: dict[str, np.ndarray]) -> None:
         """Queue the record of one prediction (neither ``value`` nor ``feeds`` may change afterwards)."""
-        self.batcher.put(Pending(time.time(), request_id, model_id, version, upload, kind, value,
-                                 feeds if self.settings.inputs else None))
+        kept = feeds if self.settings.inputs and sum(array.nbytes for array in feeds.values()) <= MAX_INPUT_BYTES else None
+        self.batcher.put(Pending(time.time(), request_id, model_id, version, upload, kind, value, kept))
+
+    def start(self) -> None:
+        """Create the tables now (a worker starting), in the background: a database that is down delays nothing."""
+
+        def prepare() -> None:
+            try:
+                self.db.ensure()
+            except Exception as exc:
+                self._failed(exc, [])
+
+        threading.Thread(target=prepare, name="nexus-records-schema", daemon=True).start()
 
     # -- writing ----------------------------------------------------------------------------------
 
