@@ -408,7 +408,8 @@ def _missing_hint(problems: list[str]) -> str:
 
 def test_alert_rules_have_the_expected_shape(alert_rules):
     names = [rule["alert"] for rule in alert_rules]
-    assert {"ModelDriftAlert", "ModelDriftWarning", "ModelConfidenceDrop", "ModelErrorRate", "NoModelsLoaded"} <= set(names)
+    assert {"ModelDriftAlert", "ModelDriftWarning", "ModelConfidenceDrop", "ModelErrorRate", "NoModelsLoaded", "ModelAccuracyLow",
+            "ModelRecordsDropped"} <= set(names)
     assert len(names) == len(set(names))
     for rule in alert_rules:
         assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
@@ -474,6 +475,32 @@ def test_dashboard_panels_and_variables(dashboard):
     assert status["type"] == "stat"
     mapped = {value: option["text"] for mapping in status["fieldConfig"]["defaults"]["mappings"] for value, option in mapping["options"].items()}
     assert mapped == {"0": "ok", "1": "warn", "2": "alert"}
+
+
+def test_dashboard_panels_do_not_overlap(dashboard):
+    cells = {}
+    for panel in dashboard["panels"]:
+        grid = panel["gridPos"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']!r} overlaps {cells[x, y]!r}"
+                cells[x, y] = panel["title"]
+
+
+def test_dashboard_has_the_feedback_panels(dashboard):
+    """Labels sent to POST /models/<id>/feedback: accuracy, labels by outcome, a regressor's error, records dropped."""
+    panels = {panel["title"]: panel for panel in dashboard["panels"]}
+    exprs = {title: " ".join(target["expr"] for target in panel.get("targets", [])) for title, panel in panels.items()}
+    accuracy = panels["Accuracy (labels)"]
+    assert accuracy["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert 'model_feedback_total{outcome="correct"' in exprs["Accuracy (labels)"] and "[1h]" in exprs["Accuracy (labels)"]
+    assert PromQL(exprs["Accuracy (labels)"]).aggregations[0][:2] == ("by", ("model_id", "version"))
+    assert "sum by (model_id, version, outcome) (rate(model_feedback_total" in exprs["Labels received"]
+    assert {"model_feedback_abs_error_sum", "model_feedback_abs_error_count"} <= PromQL(exprs["Regression error"]).metrics
+    assert PromQL(exprs["Records dropped"]).metrics == {"model_records_dropped_total"}
+    row = panels["Feedback"]
+    assert row["type"] == "row" and all(panels[title]["gridPos"]["y"] > row["gridPos"]["y"] for title in
+                                        ("Accuracy (labels)", "Labels received", "Regression error", "Records dropped"))
 
 
 def test_dashboard_uses_only_exported_metrics_and_labels(dashboard):

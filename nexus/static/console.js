@@ -325,7 +325,8 @@ async function openModel(id) {
   $("response").textContent = "";
   $("response-meta").className = "muted";
   $("response-meta").textContent = "";
-  resetMonitoring();
+  resetSection("monitoring");
+  resetSection("accuracy");
   $("predict").focus();
 }
 
@@ -476,7 +477,8 @@ async function refreshVersions() {
     if (!current || current.id !== id) return;
     const gone = renderVersions(view);
     if (gone) setRequestVersion("");
-    loadMonitoring(); // a version added or deleted: its section too
+    loadSection("monitoring"); // a version added or deleted: its sections too
+    loadSection("accuracy");
     await showVersion($("predict-version").value || view.default);
   } catch (error) {
     $("versions-message").className = "error";
@@ -631,49 +633,90 @@ function uploadNewVersion() {
 // is opened, and on its Refresh button; never on a timer. Every text from the server goes in as textContent.
 let monitoring = null; // the answer shown: {model_id, thresholds, versions: [report...]}
 let driftView = "window"; // the drift shown: "window" (the last seconds) or "last_n" (the last predictions)
-let monitoringRead = 0; // counts the reads: an answer that arrives after a newer read started is dropped
 
 const SVG = "http://www.w3.org/2000/svg"; // a namespace name, nothing is loaded from it
 const DRIFT = { ok: "ok", warn: "warn", alert: "alert", insufficient: "insufficient", no_reference: "no reference" };
 const VERDICTS = ["ok", "warn", "alert", "insufficient"];
 
+// A model's section read from the server while it is open (Monitoring, Accuracy): when it opens, when another
+// model is opened, after its versions change, and on its Refresh button; never on a timer. Each counts its
+// reads: an answer that arrives after a newer read of the section started is dropped. Elements: <name>-box
+// (the <details>), <name> (the content), <name>-message, <name>-refresh.
+const SECTIONS = {
+  monitoring: {
+    route: "monitoring", what: "the monitoring", off: null, reads: 0,
+    clear: () => { monitoring = null; },
+    show: (body) => { monitoring = body; renderMonitoring(); },
+  },
+  accuracy: {
+    route: "performance", what: "the accuracy", reads: 0,
+    // the server records nothing (NEXUS_RECORDS=0): a 404 that is no error of the user's
+    off: ["records_off", "Recording is off on this server (NEXUS_RECORDS=0): it keeps no predictions to compare labels with."],
+    clear: () => {},
+    show: (body, id) => renderAccuracy(body, id),
+  },
+};
+
 // Forget what was shown of another model; read it again if the section is open.
-function resetMonitoring() {
-  monitoring = null;
-  monitoringRead += 1;
-  $("monitoring").replaceChildren();
-  $("monitoring-message").className = "";
-  $("monitoring-message").textContent = "";
-  $("monitoring-refresh").disabled = false;
-  loadMonitoring();
+function resetSection(name) {
+  const section = SECTIONS[name];
+  section.clear();
+  section.reads += 1;
+  $(name).replaceChildren();
+  $(`${name}-message`).className = "";
+  $(`${name}-message`).textContent = "";
+  $(`${name}-refresh`).disabled = false;
+  loadSection(name);
 }
 
-async function loadMonitoring() {
-  if (!current || !$("monitoring-box").open) return;
+async function loadSection(name) {
+  const section = SECTIONS[name];
+  if (!current || !$(`${name}-box`).open) return;
   const id = current.id;
-  const read = ++monitoringRead;
-  const message = $("monitoring-message");
-  $("monitoring-refresh").disabled = true;
+  const read = ++section.reads;
+  const message = $(`${name}-message`);
+  $(`${name}-refresh`).disabled = true;
   message.className = "muted";
   message.textContent = "Reading…";
   let body = null;
   let words = "";
+  let off = false;
   try {
-    const response = await fetch(modelPath(id, "monitoring"), { headers: authHeaders(), cache: "no-store" });
-    if (response.ok) body = await response.json().catch(() => null); // not JSON: said below
-    else words = await explain(response);
+    const response = await fetch(modelPath(id, section.route), { headers: authHeaders(), cache: "no-store" });
+    if (response.ok) {
+      body = await response.json().catch(() => null); // not JSON: said below
+    } else {
+      const text = await response.text().catch(() => ""); // cut off: said as "no JSON error"
+      off = section.off !== null && response.status === 404 && errorCode(text) === section.off[0];
+      if (!off) words = refusal(response.status, response.statusText, text, response.headers.get("Retry-After"));
+    }
   } catch (error) {
     words = `the server did not answer: ${error.message}`;
   }
-  if (read !== monitoringRead) return; // another model, or a newer read: that one says what it found
-  $("monitoring-refresh").disabled = false;
-  if (body === null || typeof body !== "object") {
-    message.className = "error";
-    message.textContent = `Could not read the monitoring: ${words || "the answer was not a JSON object"}`;
+  if (read !== section.reads) return; // another model, or a newer read: that one says what it found
+  $(`${name}-refresh`).disabled = false;
+  if (off) {
+    $(name).replaceChildren();
+    message.className = "muted";
+    message.textContent = section.off[1];
     return;
   }
-  monitoring = body;
-  renderMonitoring();
+  if (body === null || typeof body !== "object") {
+    message.className = "error";
+    message.textContent = `Could not read ${section.what}: ${words || "the answer was not a JSON object"}`;
+    return;
+  }
+  section.show(body, id);
+}
+
+// The code of a JSON error answer ("records_off"), or "".
+function errorCode(text) {
+  try {
+    const body = JSON.parse(text);
+    return body && typeof body.code === "string" ? body.code : "";
+  } catch (_) {
+    return "";
+  }
 }
 
 function chooseDriftView(view) {
@@ -867,6 +910,145 @@ function barChart(rows, top, marks, label) {
   return chart;
 }
 
+// -- accuracy ------------------------------------------------------------------------------------
+
+// GET /models/<id>/performance, read as the monitoring is: while the Accuracy section is open, when it opens,
+// when another model is opened, and on its Refresh button; never on a timer. The labels it counts are the true
+// answers sent to POST /models/<id>/feedback, matched with the predictions by their request ids.
+const WINDOWS = [["since_upload", "since upload", null], ["day", "last", 86400], ["hour", "last", 3600]];
+
+function renderAccuracy(body, id) {
+  const versions = Array.isArray(body.versions) ? body.versions.filter((v) => v && typeof v === "object") : [];
+  $("accuracy").replaceChildren(...versions.map(accuracyVersion));
+  $("accuracy-message").className = "muted";
+  $("accuracy-message").textContent = versions.some(hasLabels) ? ""
+    : `No labels yet: send the true answers of predictions, by their request ids, to POST ${modelPath(id, "feedback")}.`;
+}
+
+// A window of a version's answer ({} when missing or not an object).
+function windowOf(version, key) {
+  const windows = version.windows && typeof version.windows === "object" ? version.windows : {};
+  return windows[key] && typeof windows[key] === "object" ? windows[key] : {};
+}
+
+function timelinePoints(version) {
+  const timeline = version.timeline && typeof version.timeline === "object" ? version.timeline : {};
+  return Array.isArray(timeline.points) ? timeline.points.filter((p) => p && typeof p === "object") : [];
+}
+
+function hasLabels(version) {
+  return WINDOWS.some(([key]) => windowOf(version, key).labels > 0) || timelinePoints(version).some((p) => p.labels > 0);
+}
+
+// A regressor's windows carry the mean absolute error, a classifier's the accuracy.
+function isRegressor(version) {
+  const kind = (version.task || {}).kind;
+  if (kind === "regressor" || kind === "classifier") return kind === "regressor";
+  return WINDOWS.some(([key]) => Object.hasOwn(windowOf(version, key), "mae"));
+}
+
+// An hour as the server states it (2026-12-01T03:00:00Z) in words: 2026-12-01 03:00 UTC.
+function hourWords(stamp) {
+  return String(stamp).replace("T", " ").replace(/(:\d\d)?(\.\d+)?Z$/, " UTC");
+}
+
+// One version: its header line, its windows in a table and its accuracy (or error) over time.
+function accuracyVersion(version) {
+  const section = element("section", "monitor accuracy-version");
+  section.dataset.version = String(version.version ?? "");
+  const task = version.task || {};
+  const regressor = isRegressor(version);
+  const head = element("p", "monitor-head");
+  const name = element("strong");
+  appendBreakable(name, `version ${version.version ?? "?"}`);
+  const since = windowOf(version, "since_upload");
+  head.append(name, ` · ${task.kind || (regressor ? "regressor" : "unknown task")}`, ` · ${amount(since.labels)} labels since upload`);
+  section.append(head);
+  if (!hasLabels(version)) {
+    section.append(element("p", "muted", "No labels yet."));
+    return section;
+  }
+  const charts = element("div", "charts");
+  charts.append(windowsFigure(version, regressor), timelineFigure(version, regressor));
+  section.append(charts);
+  return section;
+}
+
+// The windows, a row each: since the upload, the last day, the last hour (by the time the labels arrived).
+function windowsFigure(version, regressor) {
+  const table = element("table", "table accuracy-windows");
+  const headings = element("tr");
+  for (const heading of ["Window", "Labels", ...(regressor ? ["MAE", "RMSE"] : ["Correct", "Accuracy"])]) {
+    const th = element("th", "", heading);
+    th.scope = "col";
+    headings.append(th);
+  }
+  const thead = element("thead");
+  thead.append(headings);
+  const tbody = element("tbody");
+  for (const [key, words, seconds] of WINDOWS) {
+    const span = windowOf(version, key);
+    const row = element("tr");
+    row.dataset.window = key;
+    cell(row, seconds === null ? words : `${words} ${duration(typeof span.seconds === "number" ? span.seconds : seconds)}`);
+    cell(row, amount(span.labels));
+    if (regressor) {
+      cell(row, amount(span.mae));
+      cell(row, amount(span.rmse));
+    } else {
+      cell(row, amount(span.correct));
+      cell(row, typeof span.accuracy === "number" && Number.isFinite(span.accuracy) ? percent(span.accuracy * 100) : "–");
+    }
+    tbody.append(row);
+  }
+  table.append(thead, tbody);
+  return figure(`${regressor ? "Error" : "Accuracy"} of the labels received in each window`, table);
+}
+
+// The accuracy (a regressor: the mean absolute error) of each hour with labels, oldest first, as a line broken
+// where hours without labels come between two points; a dot per hour, its numbers in its tooltip.
+function timelineFigure(version, regressor) {
+  const key = regressor ? "mae" : "accuracy";
+  const what = regressor ? "Mean absolute error" : "Accuracy";
+  const timeline = version.timeline && typeof version.timeline === "object" ? version.timeline : {};
+  const bucket = Number(timeline.bucket_seconds) > 0 ? Number(timeline.bucket_seconds) : 3600;
+  const points = timelinePoints(version)
+    .filter((p) => typeof p[key] === "number" && Number.isFinite(p[key]) && Number.isFinite(Date.parse(p.start)))
+    .map((p) => ({ time: Date.parse(p.start), value: p[key], labels: p.labels, start: p.start }))
+    .sort((a, b) => a.time - b.time);
+  const per = bucket === 3600 ? "hour" : duration(bucket);
+  if (points.length === 0) return figure(`${what} by ${per}`, element("p", "muted", "No labels in the time kept yet."));
+  const [width, height, left, right, top, bottom] = [320, 120, 36, 10, 6, 16];
+  const [first, last] = [points[0].time, points[points.length - 1].time];
+  const x = (time) => (last > first ? left + ((width - left - right) * (time - first)) / (last - first) : (left + width - right) / 2);
+  const most = regressor ? Math.max(...points.map((p) => p.value)) || 1 : 1;
+  const y = (value) => top + ((height - top - bottom) * (most - Math.min(Math.max(value, 0), most))) / most;
+  const label = `${what.toLowerCase()} by ${per}`;
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": label });
+  for (const value of [0, most / 2, most]) {
+    chart.append(svg("line", { x1: left, x2: width - right, y1: y(value), y2: y(value), class: "grid" }),
+      svg("text", { x: left - 4, y: y(value) + 3, "text-anchor": "end" }, regressor ? amount(value) : percent(value * 100)));
+  }
+  const runs = [];
+  points.forEach((point, i) => {
+    if (i === 0 || point.time - points[i - 1].time > bucket * 1000) runs.push([]);
+    runs[runs.length - 1].push(point);
+  });
+  for (const run of runs.filter((r) => r.length > 1)) {
+    chart.append(svg("polyline", { points: run.map((p) => `${x(p.time)},${y(p.value)}`).join(" "), class: "trend" }));
+  }
+  for (const point of points) {
+    const dot = svg("circle", { cx: x(point.time), cy: y(point.value), r: 2.5, class: "point" });
+    const value = regressor ? `MAE ${amount(point.value)}` : percent(point.value * 100);
+    dot.append(svg("title", {}, `${hourWords(point.start)}: ${value} of ${amount(point.labels)} labels`));
+    chart.append(dot);
+  }
+  const tick = (time) => new Date(time).toISOString().slice(5, 16).replace("T", " ");
+  chart.append(svg("text", { x: left, y: height - 3 }, tick(first)));
+  if (last > first) chart.append(svg("text", { x: width - right, y: height - 3, "text-anchor": "end" }, tick(last)));
+  return figure(`${what} by ${per} · ${points.length} ${points.length === 1 ? per : `${per}s`} with labels`, chart);
+}
+
 async function predict() {
   const button = $("predict");
   clearMessages();
@@ -1029,11 +1211,13 @@ document.addEventListener("DOMContentLoaded", () => {
   $("routing-default").addEventListener("change", syncRoutingInputs);
   $("predict-version").addEventListener("change", choosePredictVersion);
   $("new-version").addEventListener("click", uploadNewVersion);
-  $("monitoring-box").addEventListener("toggle", loadMonitoring);
-  $("monitoring-refresh").addEventListener("click", loadMonitoring);
+  $("monitoring-box").addEventListener("toggle", () => loadSection("monitoring"));
+  $("monitoring-refresh").addEventListener("click", () => loadSection("monitoring"));
   for (const button of $("monitoring-box").querySelectorAll(".toggle button")) {
     button.addEventListener("click", () => chooseDriftView(button.dataset.view));
   }
+  $("accuracy-box").addEventListener("toggle", () => loadSection("accuracy"));
+  $("accuracy-refresh").addEventListener("click", () => loadSection("accuracy"));
   loadIdPattern();
   refreshStatus();
   refreshModels();

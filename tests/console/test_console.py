@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import time
 from urllib.parse import urlparse
 
 import pytest
@@ -257,6 +258,9 @@ def open_model(page, model_id):
     page.click("#refresh")
     page.click(f"#models tbody tr[data-id='{model_id}']")
     page.wait_for_selector(f"#panel:not([hidden]) #panel-title:has-text('({model_id})')")
+    # and until this opening has finished (it ends by focusing Predict): when the panel already showed the model,
+    # the title is there before this opening reads the sections again (a section opened now would be read twice)
+    page.wait_for_function("() => document.activeElement && document.activeElement.id === 'predict'")
 
 
 def test_a_hint_says_what_a_row_does_and_space_opens_a_row_too(page):
@@ -742,4 +746,257 @@ def test_the_monitoring_panel_against_the_real_endpoint(page, server, iris_bytes
     open_monitoring(page, "iris_watch")
     assert page.inner_text("#monitoring-message") == ""
     assert page.inner_text("#monitoring section[data-version='v1'] .monitor-head").startswith("version v1 · classifier")
+    assert script_errors(page) == []
+
+
+# Accuracy: the panel drawn from GET /models/<id>/performance (stubbed here, following the contract of the
+# endpoint: a rendering test), then once against the real endpoint.
+
+def classifier_window(seconds, labels, correct):
+    """A classifier's WINDOW: ``labels`` labels that arrived in the last ``seconds`` (None: since the upload)."""
+    if not labels:
+        return {"seconds": seconds, "labels": 0, "correct": 0, "accuracy": None, "classes": {}, "confusion": {}}
+    wrong = labels - correct
+    return {"seconds": seconds, "labels": labels, "correct": correct, "accuracy": correct / labels,
+            "classes": {"0": {"precision": 1.0, "recall": 1.0, "support": correct, "predicted": correct},
+                        "1": {"precision": 0.0, "recall": 0.0, "support": wrong, "predicted": 0},
+                        "2": {"precision": 0.0, "recall": None, "support": 0, "predicted": wrong}},
+            "confusion": {"0": {"0": correct}, "1": {"2": wrong}} if wrong else {"0": {"0": correct}}}
+
+
+def performance(version="1", hour=(10, 7), day=(40, 36), since_upload=(120, 102), points=None, model_id="iris"):
+    """A classifier's VERSION as GET /models/<id>/performance describes it."""
+    return {"model_id": model_id, "version": version, "task": {"kind": "classifier", "output": "output_probability"},
+            "windows": {"hour": classifier_window(3600, *hour), "day": classifier_window(86400, *day),
+                        "since_upload": classifier_window(None, *since_upload)},
+            "timeline": {"bucket_seconds": 3600, "points": [
+                {"start": "2026-12-01T01:00:00Z", "labels": 10, "accuracy": 0.9},
+                {"start": "2026-12-01T02:00:00Z", "labels": 20, "accuracy": 0.95},
+                {"start": "2026-12-01T05:00:00Z", "labels": 10, "accuracy": 0.7},  # hours 03 and 04 had no labels
+            ] if points is None else points}}
+
+
+def regressor_performance(version="2", model_id="iris"):
+    """A regressor's VERSION: labels in the day and since the upload, none in the last hour."""
+    return {"model_id": model_id, "version": version, "task": {"kind": "regressor", "output": "variable"},
+            "windows": {"hour": {"seconds": 3600, "labels": 0, "mae": None, "rmse": None},
+                        "day": {"seconds": 86400, "labels": 40, "mae": 0.31, "rmse": 0.4},
+                        "since_upload": {"seconds": None, "labels": 55, "mae": 0.35, "rmse": 0.45}},
+            "timeline": {"bucket_seconds": 3600, "points": [
+                {"start": "2026-12-01T01:00:00Z", "labels": 15, "mae": 0.5},
+                {"start": "2026-12-01T02:00:00Z", "labels": 40, "mae": 0.25}]}}
+
+
+def unlabelled_performance(version="3", model_id="iris"):
+    """A version with predictions recorded and no label yet."""
+    return performance(version, hour=(0, 0), day=(0, 0), since_upload=(0, 0), points=[], model_id=model_id)
+
+
+def serve_performance(page, body, status=200, model_id="iris", headers=None):
+    """Answer the console's GET /models/<id>/performance with ``body`` (JSON) until told otherwise."""
+    pattern = f"**/models/{model_id}/performance"
+    page.unroute(pattern)
+    page.route(pattern, lambda route: route.fulfill(status=status, content_type="application/json", body=json.dumps(body),
+                                                    headers=headers or {}))
+
+
+def open_accuracy(page, model_id="iris"):
+    open_model(page, model_id)
+    page.click("#accuracy-box summary")
+    page.wait_for_function("() => document.querySelector('#accuracy .accuracy-version')"
+                           " || !['', 'Reading…'].includes(document.getElementById('accuracy-message').textContent)")
+
+
+def refresh_accuracy(page):
+    page.click("#accuracy-refresh")
+    page.wait_for_function("() => !document.getElementById('accuracy-refresh').disabled")
+
+
+def performance_requests(page):
+    return [url for url in page.requests if url.endswith("/performance")]
+
+
+def window_rows(page, version):
+    """The windows table of a version: [window, labels, ...] per row."""
+    return [row.split("\t") for row in page.inner_text(f"#accuracy section[data-version='{version}'] .accuracy-windows tbody").splitlines()]
+
+
+def points(page, version):
+    """The dots of a version's line: (x, y, tooltip) each, in order."""
+    return page.eval_on_selector_all(f"#accuracy section[data-version='{version}'] circle.point",
+                                     "dots => dots.map(d => [Number(d.getAttribute('cx')), Number(d.getAttribute('cy')),"
+                                     " d.querySelector('title').textContent])")
+
+
+def test_the_accuracy_panel_draws_each_version(page):
+    seen = []
+
+    def answer(route):
+        seen.append(route.request.headers.get("authorization"))
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(
+            {"model_id": "iris", "versions": [performance("1"), regressor_performance("2"), unlabelled_performance("3")]}))
+
+    page.route("**/models/iris/performance", answer)
+    page.fill("#token", TOKEN)  # sent as monitoring sends it
+    open_model(page, "iris")
+    assert performance_requests(page) == []  # read only when the section is opened
+    open_accuracy(page)
+    assert seen == [f"Bearer {TOKEN}"]
+    assert page.inner_text("#accuracy-message") == ""
+    classifier = "#accuracy section[data-version='1']"
+    assert page.inner_text(f"{classifier} .monitor-head") == "version 1 · classifier · 120 labels since upload"
+    assert page.inner_text(f"{classifier} .accuracy-windows thead").strip() == "Window\tLabels\tCorrect\tAccuracy"
+    assert window_rows(page, "1") == [["since upload", "120", "102", "85%"], ["last 24 h", "40", "36", "90%"],
+                                      ["last 1 h", "10", "7", "70%"]]
+    assert "Accuracy by hour · 3 hours with labels" in page.inner_text(classifier)
+    # a dot per hour with labels, oldest left; higher accuracy higher up; the line broken over the hours without labels
+    dots = points(page, "1")
+    assert [title for *_, title in dots] == ["2026-12-01 01:00 UTC: 90% of 10 labels", "2026-12-01 02:00 UTC: 95% of 20 labels",
+                                             "2026-12-01 05:00 UTC: 70% of 10 labels"]
+    assert dots[0][0] < dots[1][0] < dots[2][0]
+    assert dots[1][1] < dots[0][1] < dots[2][1]
+    lines = page.eval_on_selector_all(f"{classifier} polyline.trend", "lines => lines.map(l => l.getAttribute('points').split(' ').length)")
+    assert lines == [2]
+    assert page.get_attribute(f"{classifier} svg", "aria-label") == "accuracy by hour"
+    # a regressor: its mean absolute and root mean square errors, none in the last hour
+    regressor = "#accuracy section[data-version='2']"
+    assert page.inner_text(f"{regressor} .monitor-head") == "version 2 · regressor · 55 labels since upload"
+    assert page.inner_text(f"{regressor} .accuracy-windows thead").strip() == "Window\tLabels\tMAE\tRMSE"
+    assert window_rows(page, "2") == [["since upload", "55", "0.35", "0.45"], ["last 24 h", "40", "0.31", "0.4"],
+                                      ["last 1 h", "0", "–", "–"]]
+    assert "Mean absolute error by hour · 2 hours with labels" in page.inner_text(regressor)
+    error_dots = points(page, "2")
+    assert [title for *_, title in error_dots] == ["2026-12-01 01:00 UTC: MAE 0.5 of 15 labels",
+                                                   "2026-12-01 02:00 UTC: MAE 0.25 of 40 labels"]
+    assert error_dots[0][1] < error_dots[1][1]  # the larger error higher up
+    # a version with no labels yet says so, and draws nothing
+    unlabelled = "#accuracy section[data-version='3']"
+    assert page.inner_text(f"{unlabelled} .monitor-head") == "version 3 · classifier · 0 labels since upload"
+    assert page.inner_text(f"{unlabelled} p.muted") == "No labels yet."
+    assert page.locator(f"{unlabelled} table, {unlabelled} svg").count() == 0
+    # the monitoring section is not read for it, and Refresh reads again
+    assert [url for url in page.requests if url.endswith("/monitoring")] == []
+    refresh_accuracy(page)
+    assert len(performance_requests(page)) == 2
+    assert page.locator("#accuracy .accuracy-version").count() == 3
+    page.set_viewport_size({"width": 390, "height": 844})  # at phone width the tables and charts fit the card
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.evaluate("document.getElementById('panel').scrollWidth <= document.getElementById('panel').clientWidth")
+    assert script_errors(page) == []
+
+
+def test_the_accuracy_panel_says_when_recording_is_off_there_are_no_labels_or_it_went_wrong(page):
+    serve_performance(page, {"error": "recording is off (NEXUS_RECORDS=0)", "code": "records_off", "request_id": "r1"}, status=404)
+    open_accuracy(page)
+    assert page.inner_text("#accuracy-message") == (
+        "Recording is off on this server (NEXUS_RECORDS=0): it keeps no predictions to compare labels with.")
+    assert page.get_attribute("#accuracy-message", "class") == "muted"
+    assert page.locator("#accuracy .accuracy-version").count() == 0
+
+    serve_performance(page, {"model_id": "iris", "versions": []})
+    refresh_accuracy(page)
+    assert page.inner_text("#accuracy-message") == (
+        "No labels yet: send the true answers of predictions, by their request ids, to POST /models/iris/feedback.")
+    serve_performance(page, {"model_id": "iris", "versions": [unlabelled_performance("1")]})
+    refresh_accuracy(page)
+    assert page.inner_text("#accuracy-message").startswith("No labels yet: ")
+    assert page.inner_text("#accuracy section[data-version='1']").endswith("No labels yet.")
+
+    serve_performance(page, {"error": "model 'iris' is not registered", "code": "model_not_found", "request_id": "r2"}, status=404)
+    refresh_accuracy(page)
+    assert page.inner_text("#accuracy-message") == "Could not read the accuracy: 404 Not Found: model 'iris' is not registered"
+    assert page.get_attribute("#accuracy-message", "class") == "error"
+    serve_performance(page, {"error": "the records database is unavailable", "code": "records_unavailable", "request_id": "r3"},
+                      status=503, headers={"Retry-After": "5"})
+    refresh_accuracy(page)
+    assert page.inner_text("#accuracy-message") == (
+        "Could not read the accuracy: 503 Not Ready: the records database is unavailable (try again in 5 s)")
+    page.unroute("**/models/iris/performance")
+    page.route("**/models/iris/performance", lambda route: route.fulfill(status=200, content_type="text/html", body="<html>"))
+    refresh_accuracy(page)
+    assert page.inner_text("#accuracy-message") == "Could not read the accuracy: the answer was not a JSON object"
+    page.unroute("**/models/iris/performance")
+    page.route("**/models/iris/performance", lambda route: route.abort())
+    refresh_accuracy(page)
+    assert page.inner_text("#accuracy-message").startswith("Could not read the accuracy: the server did not answer")
+
+    # the server's strings go in as text; fields missing, null or of the wrong type are drawn as far as they go
+    markup = "<img src=x onerror=alert(1)>"
+    hostile = performance(f"{markup}v1", points=[{"start": markup, "labels": 1, "accuracy": 1.0},
+                                                 {"start": "2026-12-01T01:00:00Z", "labels": 3, "accuracy": 2 / 3}])
+    sparse = [{"version": "4"}, None, "5", {"version": "6", "task": None, "windows": None, "timeline": None},
+              {"version": "7", "task": {"kind": "classifier"}, "windows": {"hour": None, "day": 3, "since_upload": {"labels": 2}},
+               "timeline": {"points": [None, {"start": "2026-12-01T00:00:00Z", "accuracy": "x"}]}}]
+    serve_performance(page, {"model_id": "iris", "versions": [hostile, *sparse]})
+    refresh_accuracy(page)
+    page.wait_for_selector("#accuracy section[data-version='7']")
+    assert page.inner_text("#accuracy .monitor-head").startswith(f"version {markup}v1 · classifier")
+    assert [title for *_, title in points(page, f"{markup}v1")] == ["2026-12-01 01:00 UTC: 66.67% of 3 labels"]
+    assert page.inner_text("#accuracy section[data-version='4'] .monitor-head") == "version 4 · unknown task · – labels since upload"
+    assert page.inner_text("#accuracy section[data-version='4'] p.muted") == "No labels yet."
+    assert window_rows(page, "7") == [["since upload", "2", "–", "–"], ["last 24 h", "–", "–", "–"],
+                                      ["last 1 h", "–", "–", "–"]]
+    assert "No labels in the time kept yet." in page.inner_text("#accuracy section[data-version='7']")
+    assert page.locator("#accuracy .accuracy-version").count() == 4
+    assert page.inner_text("#accuracy-message") == ""
+    assert page.eval_on_selector_all("img", "e => e.length") == 0
+    assert [e for e in script_errors(page) if e != "Failed to load resource: net::ERR_FAILED"] == []  # the request aborted above
+
+
+def test_a_late_accuracy_answer_is_dropped_for_a_newer_one(page):
+    """The model opened again while the first read is under way: its answer, when it comes, is not drawn over the new one."""
+    held = []
+
+    def answer(route):
+        if not held:
+            held.append(route)  # answered below, last
+        else:
+            route.fulfill(status=200, content_type="application/json",
+                          body=json.dumps({"model_id": "iris", "versions": [performance("new")]}))
+
+    page.route("**/models/iris/performance", answer)
+    open_model(page, "iris")
+    page.click("#accuracy-box summary")
+    page.wait_for_selector("#accuracy-message:has-text('Reading')")
+    assert page.is_disabled("#accuracy-refresh")
+    page.wait_for_function("() => true")  # a round trip: the route handler has run
+    assert len(held) == 1
+    open_model(page, "iris")
+    page.wait_for_selector("#accuracy section[data-version='new']")
+    with page.expect_event("requestfinished"):
+        held[0].fulfill(status=200, content_type="application/json",
+                        body=json.dumps({"model_id": "iris", "versions": [performance("old")]}))
+    page.wait_for_timeout(300)
+    assert page.locator("#accuracy section[data-version='old']").count() == 0
+    assert page.locator("#accuracy section[data-version='new']").count() == 1
+    assert page.is_enabled("#accuracy-refresh") and page.inner_text("#accuracy-message") == ""
+    assert script_errors(page) == []
+
+
+def test_the_accuracy_panel_against_the_real_endpoint(page, server, iris_bytes):
+    upload_through_api(server, iris_bytes, "iris_labelled", name="Iris labelled", version="v1")
+    ids = []
+    for sample in ([5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3], [5.9, 3.0, 4.2, 1.5]):
+        response = requests.post(server.url("/predict"), json={"model_id": "iris_labelled", "features": sample}, timeout=10)
+        assert response.status_code == 200, response.text
+        ids.append(response.json()["request_id"])
+    items, waiting = {}, ids
+    for _ in range(50):  # the predictions are written to the records within a second
+        response = requests.post(server.url("/models/iris_labelled/feedback"), json=[{"request_id": i, "truth": "0"} for i in waiting],
+                                 timeout=10)
+        assert response.status_code == 200, response.text
+        items.update({item["request_id"]: item for item in response.json()["items"] if item["outcome"] == "matched"})
+        waiting = [i for i in ids if i not in items]
+        if not waiting:
+            break
+        time.sleep(0.1)
+    assert not waiting, response.text
+    correct = sum(item["correct"] for item in items.values())
+    open_accuracy(page, "iris_labelled")
+    assert page.inner_text("#accuracy-message") == ""
+    assert page.inner_text("#accuracy section[data-version='v1'] .monitor-head") == "version v1 · classifier · 3 labels since upload"
+    accuracy = f"{round(100 * correct / 3, 2):g}%"
+    assert window_rows(page, "v1")[2] == ["last 1 h", "3", str(correct), accuracy]
+    [(_, _, title)] = points(page, "v1")
+    assert re.fullmatch(rf"\d{{4}}-\d\d-\d\d \d\d:00 UTC: {re.escape(accuracy)} of 3 labels", title), title
     assert script_errors(page) == []

@@ -20,7 +20,7 @@ import pytest
 import requests
 import yaml
 
-from tests.live.server import metric_samples, predict, running_prometheus
+from tests.live.server import metric_samples, predict, running_prometheus, upload
 from tests.test_deploy import ALERTS, DASHBOARD, PromQL, dashboard_queries
 
 PROMETHEUS = shutil.which("prometheus")
@@ -148,6 +148,39 @@ RULE_TESTS = [
         "alert_rule_test": [
             expect("ModelNexusDown", "1m", []),
             expect("ModelNexusDown", "3m", [({"job": "model-nexus", "instance": "a:8080"}, 0)]),
+        ],
+    },
+    {   # Accuracy of the labels: "bad" 70% over its two replicas, "good" 90%, "perfect" never wrong (no incorrect
+        # series at all), "wrong" never right (no correct series at all), "quiet" 50% on 36 labels in 6 h (too few).
+        "interval": "1m",
+        "input_series": [
+            series("model_feedback_total", "0+4x60", model_id="bad", version="1", outcome="correct", instance="a"),
+            series("model_feedback_total", "0+1x60", model_id="bad", version="1", outcome="incorrect", instance="a"),
+            series("model_feedback_total", "0+3x60", model_id="bad", version="1", outcome="correct", instance="b"),
+            series("model_feedback_total", "0+2x60", model_id="bad", version="1", outcome="incorrect", instance="b"),
+            series("model_feedback_total", "0+9x60", model_id="good", version="1", outcome="correct", instance="a"),
+            series("model_feedback_total", "0+1x60", model_id="good", version="1", outcome="incorrect", instance="a"),
+            series("model_feedback_total", "0+10x60", model_id="perfect", version="2", outcome="correct", instance="a"),
+            series("model_feedback_total", "0+5x60", model_id="wrong", version="3", outcome="incorrect", instance="a"),
+            series("model_feedback_total", "0+0.05x480", model_id="quiet", version="1", outcome="correct", instance="a"),
+            series("model_feedback_total", "0+0.05x480", model_id="quiet", version="1", outcome="incorrect", instance="a"),
+        ],
+        "alert_rule_test": [
+            expect("ModelAccuracyLow", "10m", []),
+            expect("ModelAccuracyLow", "40m", [({"model_id": "bad", "version": "1"}, 0.7), ({"model_id": "wrong", "version": "3"}, 0)]),
+            expect("ModelAccuracyLow", "470m", []),  # "quiet": 50% of 36 labels in the last 6 hours
+        ],
+    },
+    {   # Records dropped: replica "a" drops 10 between minutes 10 and 15, "b" none.
+        "interval": "1m",
+        "input_series": [
+            series("model_records_dropped_total", "0x10 2+2x4 10x30", instance="a"),
+            series("model_records_dropped_total", "0x45", instance="b"),
+        ],
+        "alert_rule_test": [
+            expect("ModelRecordsDropped", "9m", []),
+            expect("ModelRecordsDropped", "15m", [({"instance": "a"}, 10)]),
+            expect("ModelRecordsDropped", "30m", []),  # none in the last 10 minutes
         ],
     },
 ]
@@ -344,3 +377,52 @@ def test_the_dashboards_traffic_panels_show_what_was_sent(prometheus, traffic):
     assert errors and float(errors[0]["value"][1]) > 0
     by_endpoint = vector(prometheus, "sum by (endpoint, status) (rate(http_requests_total[1m]))")
     assert {("/predict", "200"), ("/predict", "400")} <= {(s["metric"]["endpoint"], s["metric"]["status"]) for s in by_endpoint}
+
+
+FEEDBACK_SERIES = frozenset({"model_feedback_total"})
+
+
+def send_labels(live, model_id: str, truths: list[str]) -> list[dict]:
+    """Predict IRIS once per truth, then send the truths as feedback until every one is matched; returns the items."""
+    ids = [predict(live, model_id=model_id, features=IRIS).json()["request_id"] for _ in truths]
+    matched: dict[str, dict] = {}
+
+    def all_matched():
+        waiting = [(i, truth) for i, truth in zip(ids, truths) if i not in matched]
+        response = requests.post(live.url(f"/models/{model_id}/feedback"), json=[{"request_id": i, "truth": t} for i, t in waiting],
+                                 timeout=10)
+        assert response.status_code == 200, response.text
+        matched.update({item["request_id"]: item for item in response.json()["items"] if item["outcome"] == "matched"})
+        return len(matched) == len(ids)
+
+    wait_for(all_matched, timeout=10, every=0.2, what="the predictions to be recorded and their labels matched")
+    return [matched[i] for i in ids]
+
+
+def test_the_accuracy_panels_show_the_labels_sent(live, prometheus, iris_bytes):
+    """Labels sent for a classifier of its own (the traffic tests count iris alone): right and wrong ones, in two
+    rounds with scrapes between, so that rate() sees both outcomes go up; the feedback panels then show them."""
+    assert upload(live, iris_bytes, "iris_labels").status_code == 201
+    sent = []
+
+    def seen():
+        result = vector(prometheus, 'sum(model_feedback_total{model_id="iris_labels"})')
+        return result and float(result[0]["value"][1]) >= len(sent)
+
+    for _ in range(2):
+        sent += send_labels(live, "iris_labels", ["0", "1"])  # iris answers IRIS with class 0: one right, one wrong
+        wait_for(seen, what=f"Prometheus to scrape {len(sent)} labels")
+    time.sleep(1.5)  # one more scrape at the same values
+    assert [item["correct"] for item in sent] == [True, False, True, False]
+    queries = [grafana_to_promql(q) for q in dashboard_queries(json.loads(DASHBOARD.read_text()))]
+    labelled = [q for q in queries if PromQL(q).metrics and PromQL(q).metrics <= FEEDBACK_SERIES]
+    assert len(labelled) >= 2, labelled  # the accuracy, the labels by outcome
+    for promql in labelled:
+        result = [s for s in vector(prometheus, promql) if s["metric"].get("model_id") == "iris_labels"]
+        assert result, f"no series of iris_labels for {promql!r}"
+    accuracy = next(q for q in labelled if 'outcome="correct"' in q)
+    [sample] = [s for s in vector(prometheus, accuracy) if s["metric"]["model_id"] == "iris_labels"]
+    assert sample["metric"] == {"model_id": "iris_labels", "version": "1"}
+    assert 0 < float(sample["value"][1]) < 1  # a half, as rate() extrapolates each outcome
+    by_outcome = vector(prometheus, 'sum by (outcome) (model_feedback_total{model_id="iris_labels"})')
+    assert {s["metric"]["outcome"]: float(s["value"][1]) for s in by_outcome} == {"correct": 2, "incorrect": 2}
