@@ -217,6 +217,11 @@ class Runtime:
                     "has, e.g. skl2onnx's options={TfidfVectorizer: {'locale': 'C.UTF-8'}}"
                 ) from None
             raise InvalidModel(f"file is not a loadable ONNX model: {short_reason(exc)}") from None
+        # onnxruntime's Python session keeps the model's bytes for a fallback to other execution
+        # providers, which a CPU-only server never takes: without the fallback, the bytes (a second
+        # copy of the weights in every worker) are let go once the session is built.
+        self.session.disable_fallback()
+        self.session._model_bytes = None
         self.timeout_s = limits.inference_timeout_s
         self.inputs = tuple(_spec(a) for a in self.session.get_inputs())
         self.outputs = tuple(_spec(a) for a in self.session.get_outputs())

@@ -83,3 +83,14 @@ def test_a_run_over_the_memory_cap_fails_alone_and_a_large_one_gives_memory_back
     model.run({"shape": np.array([100 * 1024 * 1024], np.int64)})  # 400 MB: allowed
     assert resident_mb() < idle + 100  # the arena shrank back after the run
     assert Runtime(models.identity(), 1).run({"X": np.ones((1, 4), np.float32)})[0].tolist() == [[1, 1, 1, 1]]
+
+
+def test_a_session_keeps_no_copy_of_the_model_bytes():
+    import sys
+
+    data = models.mlp(in_features=64, hidden=256)
+    before = sys.getrefcount(data)
+    runtime = Runtime(data, 1)
+    assert sys.getrefcount(data) == before  # onnxruntime's wrapper holds no reference to the upload's bytes
+    out = runtime.run({runtime.inputs[0].name: np.zeros((1, 64), np.float32)})
+    assert out[0].shape[0] == 1
