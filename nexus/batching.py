@@ -5,9 +5,12 @@ A request only appends to a :class:`Batcher`'s queue. The batcher's thread, woke
 queued, waits ``wait_s`` (so items gather) and hands everything queued by then to ``handle`` in
 one call. When the queue reaches ``limit``, a batcher without ``overflow`` has the request that
 fills it handle the batch itself (the queue's memory is bounded and nothing is lost); one with
-``overflow`` drops the item and tells ``overflow`` (the request is never slowed by the handler,
-say a database that is down). Each process has its own queue and thread: after a fork the child
-starts empty, and its thread starts with its first item.
+``overflow`` drops the item and hands it to ``overflow`` (the request is never slowed by the
+handler, say a database that is down). A handler that could not finish puts items back and sets
+``pause_s``: the thread waits that long before it tries again. :meth:`flush` waits for a batch
+the thread is handling, so a worker that stops loses nothing that was queued. Each process has
+its own queue and thread: after a fork the child starts empty, and its thread starts with its
+first item.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ class Batcher:
     """One worker's queue of items for ``handle``, and the thread that empties it."""
 
     def __init__(self, name: str, handle: Callable[[list[Any]], None], wait_s: float, limit: int,
-                 overflow: Callable[[], None] | None = None) -> None:
+                 overflow: Callable[[Any], None] | None = None) -> None:
         self.name, self.handle, self.wait_s, self.limit, self.overflow = name, handle, wait_s, limit, overflow
         self.pending: collections.deque[Any] = collections.deque()
         self.awake = threading.Event()  # set while the thread has been woken and has not yet taken the queue
+        self.pause_s = 0.0  # set by a handler that could not finish: how long the thread waits before trying again
         self._guard = threading.Lock()
+        self._handling = threading.Lock()  # held while a batch is taken and handled
         self._thread_pid = 0
         _instances.add(self)
 
@@ -41,7 +46,7 @@ class Batcher:
         """Queue ``item`` (the hot path: an append, and a check)."""
         pending = self.pending
         if self.overflow is not None and len(pending) >= self.limit:
-            self.overflow()
+            self.overflow(item)
             return
         pending.append(item)
         if not self.awake.is_set():
@@ -71,6 +76,8 @@ class Batcher:
                 self.flush()
             except Exception:  # never let the thread die: the next wake-up handles what is left
                 log.exception("handling a batch failed", extra={"batcher": self.name})
+            if self.pause_s:
+                time.sleep(self.pause_s)
             if self.pending:  # handed back (a handler that could not finish) or queued meanwhile
                 self.awake.set()
 
@@ -85,15 +92,17 @@ class Batcher:
         return taken
 
     def flush(self) -> None:
-        """Handle everything queued now, in the calling thread."""
-        taken = self.take()
-        if taken:
-            self.handle(taken)
+        """Handle everything queued now, in the calling thread, after any batch the thread is handling."""
+        with self._handling:
+            taken = self.take()
+            if taken:
+                self.handle(taken)
 
     def _forked(self) -> None:
         """In a child after a fork: the parent's queue and thread are not this process's."""
         self.pending.clear()
         self.awake = threading.Event()
+        self._handling = threading.Lock()
         self._thread_pid = 0
 
 

@@ -729,8 +729,9 @@ class Registry:
                 raise VersionInUse(f"version '{version}' of model '{model_id}' gets traffic as {role}; "
                                    f"move it away first with PUT /models/{model_id}/routing")
             key = stored[version][0]
+            uploads = self._uploads([key])
             self.store.remove(key, _without(current, version).document())
-        self._forget([key], model_id, version)
+        self._forget([key], model_id, uploads)
         self._swap(lambda models: models.pop(key, None))
         log.info("model version deleted", extra={"model_id": model_id, "version": version})
 
@@ -741,21 +742,41 @@ class Registry:
             if not stored:
                 raise ModelNotFound(model_id)
             keys = [key for key, _ in stored.values()]
+            uploads = self._uploads(keys)
             routing = self._stored_routing(model_id).document()
             for i, key in enumerate(keys):
                 self.store.remove(key, None if i == len(keys) - 1 else routing)  # the last removes the document
-        self._forget(keys, model_id)
+        self._forget(keys, model_id, uploads)
         self._swap(lambda models: [models.pop(key, None) for key in keys])
         log.info("model deleted", extra={"model_id": model_id})
 
-    def _forget(self, keys: list[str], model_id: str, version: str | None = None) -> None:
+    def _forget(self, keys: list[str], model_id: str, uploads: set[str]) -> None:
         """Drop the monitoring counts (every worker's files: one directory each) and the prediction
-        records of deleted versions (``version`` None: the whole model)."""
+        records (of those ``uploads``) of deleted versions."""
         if self.monitoring is not None:
             for key in keys:
                 self.monitoring.discard(key)
-        if self.recorder is not None:
-            self.recorder.forget(model_id, version)
+        if self.recorder is not None and uploads:
+            self.recorder.forget(model_id, uploads)
+
+    def uploads(self, model_id: str) -> set[str]:
+        """The uploads the model's versions are now (see store.upload_id): whose prediction records count."""
+        return self._uploads(list(self.entry(model_id).keys.values()))
+
+    def _uploads(self, keys: list[str]) -> set[str]:
+        found = set()
+        for key in keys:
+            model = self._models.get(key)
+            if model is not None:
+                found.add(model.upload)
+                continue
+            try:  # not loaded in this worker (yet): its sidecar says which upload it is
+                sidecar = self.store.read_sidecar(key)
+            except (OSError, ValueError, BadInput):
+                continue
+            if sidecar.get("sha256"):
+                found.add(upload_id(str(sidecar["sha256"]), str(sidecar.get("created_at") or "")))
+        return found
 
     def _on_disk(self, model_id: str) -> dict[str, tuple[str, int]]:
         """Return the model's versions as the directory has them now: version -> (key, sequence). Hold the claim."""

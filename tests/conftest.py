@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,13 @@ def assert_error(response, status: int, code: str, words: str) -> dict:
 def metric(name: str, **labels) -> float:
     """The current value of one sample of this process's Prometheus registry (0 when absent)."""
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def wait_for(check, seconds: float = 5.0, every: float = 0.02):
+    """Call ``check`` until it returns something true or ``seconds`` pass; return its last answer."""
+    deadline = time.monotonic() + seconds
+    while True:
+        found = check()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(every)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, request
 
 from nexus.api import nexus, require_predict_token
-from nexus.errors import RecordsOff
+from nexus.errors import BadInput, RecordsOff
 from nexus.http import json_response, read_json
 from nexus.observability import metrics
 from nexus.records.recorder import MAX_LABELS, parse_labels
@@ -32,10 +32,12 @@ def feedback(model_id: str):
     require_predict_token()
     state = nexus()
     recorder = _recorder()
-    default = state.registry.get(model_id)  # an unknown model is a 404 first; its task decides what a truth is
+    versions = state.registry.versions_of(model_id)  # an unknown model is a 404 first
+    if all(model.kind is None for model in versions):
+        raise BadInput(f"model '{model_id}' has no output a label can be compared with (it is neither a classifier nor a regressor)")
     labels = parse_labels(read_json(request.environ, state.settings.max_request_bytes,
-                                    f'a JSON array of up to {MAX_LABELS} {{"request_id": ..., "truth": ...}}'), default.kind)
-    outcomes = recorder.label(model_id, labels)
+                                    f'a JSON array of up to {MAX_LABELS} {{"request_id": ..., "truth": ...}}'))
+    outcomes = recorder.label(model_id, labels, state.registry.uploads(model_id))
     counts = {"matched": 0, "duplicate": 0, "unknown": 0, "expired": 0}
     items = []
     for label, outcome in zip(labels, outcomes, strict=True):

@@ -18,7 +18,6 @@ rows are still there. Everything here raises SQLAlchemy's errors as they are; ca
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -37,12 +36,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
     case,
     create_engine,
     delete,
     event,
     func,
+    or_,
     select,
     text,
     tuple_,
@@ -50,9 +49,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from nexus.errors import BadInput
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+MAX_ERROR = 1e100  # a regressor's error beyond this is not compared: its square would not stay finite in the sums
 HOUR = 3600
 _CHUNK = 400  # ids per IN (...) of a look-up
 _DOUBLE = Float(53)
@@ -115,6 +117,7 @@ totals = Table(
 
 
 RECORD_COLUMNS = tuple(column.name for column in predictions.columns)  # a record's values, in this order
+_COMPARED = or_(labels.c.correct.is_not(None), labels.c.error.is_not(None))  # labels that count in accuracy and error
 
 
 class SchemaTooNew(RuntimeError):
@@ -246,11 +249,15 @@ class Database:
         with self.engine.begin() as connection:
             connection.exec_driver_sql(self._write_sql, list(rows))
 
-    def label(self, model_id: str, given: Sequence[Label], now: float, cutoff: float, expired_id: Any) -> list[Outcome]:
+    def label(self, model_id: str, given: Sequence[Label], now: float, cutoff: float, expired_id: Any,
+              uploads: set[str]) -> list[Outcome]:
         """Join each label with its prediction and store the new ones, in one transaction.
 
-        ``cutoff``: predictions older than this are expired; ``expired_id(request_id)`` tells
-        whether an id the database does not have is one made before the cutoff.
+        Only predictions of the model's current ``uploads`` count (a deleted one's records may
+        linger until the retention). ``cutoff``: predictions older than this are expired;
+        ``expired_id(request_id)`` tells whether an id the database does not have is one made
+        before the cutoff. A truth that does not fit the version that predicted (text for a
+        regressor) raises BadInput, and nothing of the call is stored.
         """
         self.ensure()
         keys = list(dict.fromkeys((label.request_id, label.row) for label in given))
@@ -262,7 +269,8 @@ class Database:
                                                      predictions.c.value)
                                               .where(predictions.c.model_id == model_id,
                                                      tuple_(predictions.c.request_id, predictions.c.row).in_(chunk))):
-                    found[(row.request_id, row.row)] = row
+                    if row.upload in uploads:
+                        found[(row.request_id, row.row)] = row
             labeled = {}
             for chunk in _chunks(keys):
                 for row in connection.execute(select(labels.c.request_id, labels.c.row, labels.c.version)
@@ -270,7 +278,7 @@ class Database:
                     labeled[(row.request_id, row.row)] = row.version
             outcomes: list[Outcome] = []
             new: list[dict[str, Any]] = []
-            for label in given:
+            for index, label in enumerate(given):
                 key = (label.request_id, label.row)
                 prediction = found.get(key)
                 if key in labeled:
@@ -282,7 +290,7 @@ class Database:
                 if prediction.created_at < cutoff:
                     outcomes.append(Outcome("expired", prediction.version))
                     continue
-                outcome = _judge(prediction, label)
+                outcome = _judge(prediction, label, index)
                 outcomes.append(outcome)
                 labeled[key] = prediction.version  # a second label for it in this call is a duplicate
                 new.append({"model_id": model_id, "request_id": label.request_id, "row": label.row,
@@ -306,6 +314,8 @@ class Database:
     def _add_totals(self, connection: Any, model_id: str, kept: Iterable[dict[str, Any]]) -> None:
         cells: dict[tuple[str, str, str, str], list[float]] = {}
         for record in kept:
+            if record["correct"] is None and record["error"] is None:
+                continue  # nothing was compared: stored (a second label is a duplicate), counted nowhere
             classifier = record["correct"] is not None
             key = (record["version"], record["upload"], record["truth"] if classifier else "",
                    (record["predicted"] or "") if classifier else "")
@@ -333,15 +343,12 @@ class Database:
             unlabeled = connection.execute(delete(labels).where(labels.c.labeled_at < cutoff)).rowcount
         return gone, unlabeled
 
-    def forget(self, model_id: str, version: str | None = None) -> None:
-        """Delete every record of a model (or of one version of it): it was deleted."""
+    def forget(self, model_id: str, uploads: set[str]) -> None:
+        """Delete every record of some uploads of a model: they were deleted."""
         self.ensure()
         with self.engine.begin() as connection:
             for table in (predictions, labels, totals):
-                condition = table.c.model_id == model_id
-                if version is not None:
-                    condition = and_(condition, table.c.version == version)
-                connection.execute(delete(table).where(condition))
+                connection.execute(delete(table).where(table.c.model_id == model_id, table.c.upload.in_(sorted(uploads))))
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -359,7 +366,7 @@ class Database:
                 query = (select(truth, predicted, func.count(), func.coalesce(func.sum(func.abs(labels.c.error)), 0.0),
                                 func.coalesce(func.sum(labels.c.error * labels.c.error), 0.0))
                          .where(labels.c.model_id == model_id, labels.c.version == version, labels.c.upload == upload,
-                                labels.c.labeled_at >= since)
+                                labels.c.labeled_at >= since, _COMPARED)
                          .group_by(truth, predicted))
             return [(str(t), str(p), int(n), float(a), float(s)) for t, p, n, a, s in connection.execute(query)]
 
@@ -371,7 +378,7 @@ class Database:
                             func.sum(case((labels.c.correct.is_(True), 1), else_=0)),
                             func.coalesce(func.sum(func.abs(labels.c.error)), 0.0))
                      .where(labels.c.model_id == model_id, labels.c.version == version, labels.c.upload == upload,
-                            labels.c.labeled_at >= since)
+                            labels.c.labeled_at >= since, _COMPARED)
                      .group_by(labels.c.labeled_hour).order_by(labels.c.labeled_hour))
             return [(int(h), int(n), int(c or 0), float(a)) for h, n, c, a in connection.execute(query)]
 
@@ -388,12 +395,16 @@ class Database:
         return insert(table)
 
 
-def _judge(prediction: Any, label: Label) -> Outcome:
-    if prediction.predicted is not None:  # a classifier's record
+def _judge(prediction: Any, label: Label, index: int) -> Outcome:
+    if prediction.predicted is not None:  # a classifier's record: the truth is a class, compared as text
         return Outcome("matched", prediction.version, prediction.predicted, correct=prediction.predicted == label.truth)
-    if prediction.value is not None and label.value is not None and math.isfinite(prediction.value):
-        return Outcome("matched", prediction.version, prediction.value, error=prediction.value - label.value)
-    return Outcome("matched", prediction.version, prediction.value)  # nothing to compare with: stored, counted in no metric
+    if prediction.value is not None:  # a regressor's record: the truth must be a number
+        if label.value is None:
+            raise BadInput(f"item {index}: '{label.request_id}' was predicted by version '{prediction.version}', a regressor: "
+                           f"'truth' must be a number, not text")
+        error = prediction.value - label.value
+        return Outcome("matched", prediction.version, prediction.value, error=error if abs(error) <= MAX_ERROR else None)
+    return Outcome("matched", prediction.version, None)  # the answer held nothing to compare with: stored, counted in no metric
 
 
 def _chunks(keys: list[tuple[str, int]]) -> Iterable[list[tuple[str, int]]]:

@@ -26,7 +26,7 @@ import orjson
 from nexus.batching import Batcher
 from nexus.clock import utc_now
 from nexus.errors import BadInput, RecordsUnavailable
-from nexus.ids import request_id_time
+from nexus.ids import request_id_time, valid_request_id
 from nexus.monitoring.confidence import confidence
 from nexus.records import database
 from nexus.records.database import HOUR, Database, Label, Outcome
@@ -37,6 +37,8 @@ WRITE_S = 0.2  # a record waits at most about this long in its worker before it 
 RETRY_S = (0.5, 5.0)  # pauses between tries while the database fails: first, longest
 PRUNE_EVERY_S = 600.0  # each worker prunes past the retention this often (with jitter)
 MAX_LABELS = 10_000  # labels per feedback call
+FORGET_AGAIN_S = 1.0  # a delete removes the deleted uploads' records again this much later
+MAX_TRUTH = 1e100  # a regressor's truth beyond this is refused: its error's square must stay finite in the sums
 MAX_INPUT_BYTES = 64 * 1024  # with NEXUS_RECORD_INPUTS=1, a request's inputs are kept up to this size (the queue holds them)
 DAY = 86_400
 
@@ -70,7 +72,7 @@ class Recorder:
                  written: Callable[[int], None] | None = None) -> None:
         self.db, self.settings = db, settings
         self._dropped_cb, self._written_cb = dropped, written
-        self.batcher = Batcher("records", self._write, WRITE_S, settings.queue, overflow=lambda: self._drop(1))
+        self.batcher = Batcher("records", self._write, WRITE_S, settings.queue, overflow=lambda pending: self._drop([pending]))
         self.dropped = 0
         self._failing: tuple[float, str] | None = None  # since when, and why, the last write failed
         self._pause = RETRY_S[0]
@@ -109,7 +111,7 @@ class Recorder:
             return
         if self._failing is not None:
             log.info("records database reachable again", extra={"database": database.describe(self.db.url)})
-        self._failing, self._pause = None, RETRY_S[0]
+        self._failing, self._pause, self.batcher.pause_s = None, RETRY_S[0], 0.0
         if self._written_cb is not None:
             self._written_cb(len(rows))
 
@@ -124,13 +126,14 @@ class Recorder:
         room = max(0, self.settings.queue - len(pending))
         kept = taken[len(taken) - room:] if room < len(taken) else taken  # the newest fit; the oldest are dropped
         if len(kept) < len(taken):
-            self._drop(len(taken) - len(kept))
+            self._drop(taken[:len(taken) - len(kept)])
         pending.extendleft(reversed(kept))
-        if threading.current_thread().name == f"nexus-{self.batcher.name}":
-            time.sleep(self._pause)  # the batcher's thread pauses before it tries again
-            self._pause = min(self._pause * 2, RETRY_S[1])
+        self.batcher.pause_s = self._pause  # the batcher's thread waits before it tries again
+        self._pause = min(self._pause * 2, RETRY_S[1])
 
-    def _drop(self, count: int) -> None:
+    def _drop(self, predictions: list[Pending]) -> None:
+        """Count the records of predictions that will not be written (one per row, like the written ones)."""
+        count = sum(_rows_of(p.value) for p in predictions)
         with self._lock:
             self.dropped += count
         if self._dropped_cb is not None:
@@ -154,14 +157,12 @@ class Recorder:
         return rows
 
     def flush(self) -> None:
-        """Write what this worker has queued now (a worker that stops); if the database fails, what is left is dropped."""
-        taken = self.batcher.take()
-        if not taken:
-            return
-        self._write(taken)
+        """Write what this worker has queued now, after the batch its thread may be writing (a worker that
+        stops); if the database fails, what is left is dropped."""
+        self.batcher.flush()
         left = self.batcher.take()
         if left:
-            self._drop(len(left))
+            self._drop(left)
 
     def prune(self) -> None:
         """Delete records past the retention (every worker does so now and then; deleting twice is harmless)."""
@@ -180,8 +181,9 @@ class Recorder:
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failing[0]))
         return f"database unavailable since {since}: {failing[1]}; {self.dropped} records dropped"
 
-    def label(self, model_id: str, labels: list[Label]) -> list[Outcome]:
-        """Join labels with their predictions and store the new ones."""
+    def label(self, model_id: str, labels: list[Label], uploads: set[str]) -> list[Outcome]:
+        """Join labels with the predictions of the model's current ``uploads`` and store the new ones
+        (raise BadInput, storing nothing, when a truth does not fit the version that predicted)."""
         now = time.time()
         cutoff = now - self.settings.retention_s
 
@@ -189,7 +191,7 @@ class Recorder:
             made = request_id_time(request_id)
             return made is not None and made < cutoff
 
-        return self._ask(lambda: self.db.label(model_id, labels, now, cutoff, expired))
+        return self._ask(lambda: self.db.label(model_id, labels, now, cutoff, expired, uploads))
 
     def performance(self, model_id: str, version: str, upload: str, kind: str | None) -> dict[str, Any]:
         """Accuracy (classifier) or error (regressor) of one upload of a version: windows and an hourly timeline."""
@@ -208,19 +210,30 @@ class Recorder:
             timeline.append(point)
         return {"windows": windows, "timeline": {"bucket_seconds": HOUR, "points": timeline}, "read_at": utc_now()}
 
-    def forget(self, model_id: str, version: str | None = None) -> None:
-        """Delete the records of a deleted model or version (when the database cannot be reached, log it: retention takes them later)."""
+    def forget(self, model_id: str, uploads: set[str]) -> None:
+        """Delete the records of deleted uploads of a model, now and once more ``FORGET_AGAIN_S`` later
+        (the other workers write what they had queued of them within ``WRITE_S``). When the database
+        cannot be reached, say so: the retention takes them later, and labels never match them."""
         self.flush()
-        try:
-            self.db.forget(model_id, version)
-        except Exception as exc:
-            log.warning("records of a deleted model were kept until the retention", extra={"model_id": model_id, "version": version,
-                                                                                           "reason": str(exc).splitlines()[0][:300]})
+
+        def forget(again: bool) -> None:
+            try:
+                self.db.forget(model_id, uploads)
+            except Exception as exc:
+                log.warning("records of a deleted model were kept until the retention",
+                            extra={"model_id": model_id, "uploads": sorted(uploads), "reason": str(exc).splitlines()[0][:300]})
+                return
+            if not again:
+                timer = threading.Timer(FORGET_AGAIN_S, forget, (True,))
+                timer.daemon = True
+                timer.start()
+
+        forget(False)
 
     def _ask(self, query: Callable[[], Any]) -> Any:
         try:
             return query()
-        except database.SchemaTooNew as exc:
+        except (database.SchemaTooNew, OSError) as exc:  # a newer schema; a state directory that cannot be made
             raise RecordsUnavailable(str(exc)) from None
         except Exception as exc:
             from sqlalchemy.exc import SQLAlchemyError
@@ -233,18 +246,18 @@ class Recorder:
 # -- pure pieces ----------------------------------------------------------------------------------
 
 
-def parse_labels(body: object, kind: str | None) -> list[Label]:
-    """The labels of a feedback call's body, checked in full before anything is stored (raise BadInput)."""
-    if kind not in ("classifier", "regressor"):
-        raise BadInput("this model has no output a label can be compared with (it is neither a classifier nor a regressor)")
+def parse_labels(body: object) -> list[Label]:
+    """The labels of a feedback call's body, checked in full before anything is stored (raise BadInput).
+
+    A truth is a class (a string, or an integer) or a value (a number); which one it must be is
+    the task of the version that made the prediction, checked when the label meets it.
+    """
     if not isinstance(body, list):
         raise BadInput('the body must be a JSON array of {"request_id": ..., "truth": ...}')
     if not body:
         raise BadInput("the body is an empty array: send at least one label")
     if len(body) > MAX_LABELS:
         raise BadInput(f"{len(body)} labels in one call; send at most {MAX_LABELS}")
-    from nexus.ids import valid_request_id
-
     found = []
     for index, item in enumerate(body):
         where = f"item {index}"
@@ -256,22 +269,27 @@ def parse_labels(body: object, kind: str | None) -> list[Label]:
         if "request_id" not in item or "truth" not in item:
             raise BadInput(f"{where} needs both 'request_id' and 'truth'")
         given = item["request_id"]
-        request_id, _, row = given.partition("/") if isinstance(given, str) else ("", "", "")
-        if not valid_request_id(request_id) or (row and not (row.isdigit() and row.isascii() and len(row) <= 9)):
+        request_id, slash, row = given.partition("/") if isinstance(given, str) else ("", "", "")
+        if not valid_request_id(request_id) or (slash and not (row.isdigit() and row.isascii() and len(row) <= 9)):
             raise BadInput(f"{where}: 'request_id' must be a request id (1-128 characters of A-Z a-z 0-9 . _ : -), "
                            f"optionally followed by /<row> for a row of a batch")
-        truth = item["truth"]
-        if isinstance(truth, bool) or truth is None:
-            raise BadInput(f"{where}: 'truth' must be {'a class (string or integer)' if kind == 'classifier' else 'a number'}, not {orjson.dumps(truth).decode()}")
-        if kind == "classifier":
-            if not isinstance(truth, (str, int)) or (isinstance(truth, str) and not truth) or (isinstance(truth, str) and len(truth) > 256):
-                raise BadInput(f"{where}: 'truth' must be a class: a string of 1-256 characters or an integer")
-            found.append(Label(request_id, int(row or 0), str(truth), None))
-        else:
-            if not isinstance(truth, (int, float)) or not np.isfinite(truth):
-                raise BadInput(f"{where}: 'truth' must be a finite number")
-            found.append(Label(request_id, int(row or 0), repr(float(truth)), float(truth)))
+        found.append(Label(request_id, int(row or 0), *_truth(item["truth"], where)))
     return found
+
+
+def _truth(truth: object, where: str) -> tuple[str, float | None]:
+    """A truth as text (what a class is compared as) and as a number when it is one."""
+    if isinstance(truth, str):
+        if not 1 <= len(truth) <= 256:
+            raise BadInput(f"{where}: 'truth' as text must be a class of 1-256 characters")
+        return truth, None
+    if isinstance(truth, bool) or not isinstance(truth, (int, float)):
+        raise BadInput(f"{where}: 'truth' must be a class (a string or an integer) or a value (a number), "
+                       f"not {orjson.dumps(truth, option=orjson.OPT_SERIALIZE_NUMPY).decode()[:100]}")
+    if not (isinstance(truth, int) or np.isfinite(truth)) or abs(truth) > MAX_TRUTH:
+        raise BadInput(f"{where}: 'truth' must be a finite number of at most {MAX_TRUTH:g} in size")
+    integral = isinstance(truth, int) or float(truth).is_integer()
+    return (str(int(truth)) if integral else repr(float(truth))), float(truth)
 
 
 def _groups(taken: list[Pending]) -> list[list[Pending]]:

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nexus import create_app
 from nexus.monitoring import live, sketch
 from tests import models
-from tests.conftest import TOKEN, assert_error, files_in, metric, strict_json
+from tests.conftest import TOKEN, assert_error, files_in, metric, strict_json, wait_for
 
 MU = np.array([5.8, 3.0, 3.7, 1.2])  # per-feature means of the iris-like traffic
 IRIS_NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -134,14 +134,6 @@ def nothing_kept(client, app, model_dir: Path, model_id: str) -> None:
     runtime = app.extensions["nexus"].registry.monitoring.directory
     assert not runtime.exists() or not [p for p in runtime.iterdir() if p.name.startswith(f"{model_id}@")]
 
-
-def wait_for(check, seconds: float = 5.0):
-    deadline = time.monotonic() + seconds
-    while True:
-        found = check()
-        if found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.02)
 
 
 # -- 1, 2: an uploaded reference (CSV with a header, or .npy) ----------------------------------------

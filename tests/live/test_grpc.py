@@ -44,6 +44,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from onnx import TensorProto
 
 from tests import models
+from tests.conftest import wait_for
 from tests.live.server import (
     CLOSE,
     ROOT,
@@ -316,14 +317,6 @@ def health(chan: grpc.Channel, service: str) -> int:
     """grpc.health.v1's Check of ``service`` over ``chan`` (its worker)."""
     return health_pb2_grpc.HealthStub(chan).Check(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT).status
 
-
-def wait_for(predicate, seconds: float = 5.0, every: float = 0.1):
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(every)
 
 
 def records_with(server, request_id: str) -> list[dict]:
