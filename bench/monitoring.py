@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.limits import micro_table, per_call_us  # noqa: E402
 from bench.run import (  # noqa: E402
-    BATCH, Case, Measure, Server, bench_models, lua_script, median_of, rounds_arguments, v2_body, wrk, wsgi_call, write_section,
+    BATCH, Case, Measure, Server, bench_models, lua_script, median_of, on_one_core, rounds_arguments, v2_body, wrk, wsgi_call,
+    write_section,
 )
 
 BEGIN, END = "<!-- monitoring: written by bench/monitoring.py -->", "<!-- /monitoring -->"
@@ -94,7 +95,8 @@ def whole_requests(seconds: float) -> list[str]:
     time.sleep(2.5)  # past the registry's look-again window after the uploads (requests then stat the model's files)
     rows = []
     for case in cases():
-        before, after = paired(wsgi_call(off, case), wsgi_call(on, case), 7, seconds)
+        with on_one_core():
+            before, after = paired(wsgi_call(off, case), wsgi_call(on, case), 7, seconds)
         rows.append(f"| {case.name} | {before:.1f} µs | {after:.1f} µs | {after - before:+.1f} µs |")
     return rows
 
@@ -206,7 +208,7 @@ def render(args, levels, benchmark, results, status, micro, whole) -> str:
         f"`{status['drift']['status']}` (the benchmark sends one fixed row, so it drifts by design).",
         "",
         "Through the network a few microseconds drown in the machine's noise (runs of one server differ by 5 to 10 %). "
-        "The same requests in one process, through the app's whole WSGI stack as gunicorn calls it, monitoring off "
+        "The same requests in one process on one core (the flusher thread's work counts), through the app's whole WSGI stack as gunicorn calls it, monitoring off "
         "against on, interleaved (median of 7):",
         "",
         "| case | monitoring off | monitoring on | cost per request |",

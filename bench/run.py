@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -146,6 +147,18 @@ def free_port() -> int:
 
 def pinned(command: list[str], core: int) -> list[str]:
     return ["taskset", "-c", str(core), *command] if shutil.which("taskset") else command
+
+
+@contextmanager
+def on_one_core(core: int = 0):
+    """Run this process (all its threads) on one core meanwhile, as a one-worker server runs: a
+    background thread's work then costs the requests its time instead of running on a spare core."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 class Server:

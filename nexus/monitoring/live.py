@@ -61,6 +61,7 @@ OTHER_CLASS = "other"
 HUGE = 1e150  # output values beyond this (and NaN, infinities) are left out: their squares would overflow the sums
 FLUSH_S = 0.05  # the flusher counts what was queued this long after the first of it: reports lag a worker by this much
 FLUSH_AT = 64  # a request that finds this many predictions queued counts them itself (bounds the queue's memory)
+SUMMARIZE_AT = 8192  # a request of a wide model with this many input values is summarized on arrival (see observe)
 REFERENCE_POLL_S = 1.0  # how often a worker without a reference looks for one
 _MAGIC = 0x4E58_4D4F_4E01
 _HEADER = 8  # magic, features, bins, slots, ring, confidence buckets, rows ever written to the ring, pid
@@ -187,11 +188,12 @@ class Monitor:
         The request only appends to this worker's queue; the worker's flusher counts what is
         queued in batches, ``FLUSH_S`` later, or the request that finds ``FLUSH_AT`` queued does
         (see :class:`Monitoring`). Neither argument may be changed afterwards (nothing does:
-        feeds are decoded per request, and outputs are fresh arrays). A wide input is summarized
-        here, while its values are in the cache, and only its few summaries per sample wait.
+        feeds are decoded per request, and outputs are fresh arrays). A large request of a wide
+        input is summarized here, while its values are in the cache, and only its few summaries
+        per sample wait; a small one waits whole, to be summarized with the others in one pass.
         """
         owner = self.owner
-        if self._wide:
+        if self._wide and sum(array.size for array in feeds.values()) >= SUMMARIZE_AT:
             try:
                 feeds = self.layout.rows(feeds)  # type: ignore[assignment]
             except Exception:
@@ -248,17 +250,17 @@ class Monitor:
     def _rows(self, feeds: list[Any]) -> np.ndarray:
         """The feature rows of some requests' feeds, joined (a request whose inputs disagree on their samples gives none).
 
-        A wide model's requests come with their rows already worked out (or None).
+        A large request of a wide model comes with its rows already worked out (an array, or None).
         """
-        if self._wide:
-            parts = [rows for rows in feeds if rows is not None]
-            return np.vstack(parts) if parts else np.empty((0, len(self.layout.features)))
-        if len(feeds) == 1 or len(self.layout.inputs) > 1 or self.layout.inputs[0].width is None:
-            parts = [rows for rows in map(self.layout.rows, feeds) if rows is not None]
-            return np.vstack(parts) if parts else np.empty((0, len(self.layout.features)))
-        name = self.layout.inputs[0].name  # one input of a fixed width: join the requests, then one pass
-        joined = self.layout.rows({name: np.concatenate([np.atleast_1d(f[name]) for f in feeds])})
-        return joined  # type: ignore[return-value]
+        summarized = [f for f in feeds if not isinstance(f, dict)]
+        waiting = [f for f in feeds if isinstance(f, dict)] if summarized else feeds
+        parts = [rows for rows in summarized if rows is not None]
+        if len(waiting) == 1 or len(self.layout.inputs) > 1 or self.layout.inputs[0].width is None:
+            parts += [rows for rows in map(self.layout.rows, waiting) if rows is not None]
+        elif waiting:
+            name = self.layout.inputs[0].name  # one input of a fixed width: join the requests, then one pass
+            parts.append(self.layout.rows({name: np.concatenate([np.atleast_1d(f[name]) for f in waiting])}))  # type: ignore[arg-type]
+        return np.vstack(parts) if parts else np.empty((0, len(self.layout.features)))
 
     def _add(self, counts: _Counts, batch: _Batch) -> None:
         epoch = int(batch.time / self._slot_s)

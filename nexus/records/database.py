@@ -239,6 +239,8 @@ class Database:
 
         The statement is compiled once and handed to the driver's executemany with the rows as
         they are: SQLAlchemy's per-row parameter processing would cost more than the insert.
+        (Measured for PostgreSQL: psycopg's executemany, pipelined, writes twice as many records
+        a second as one multi-row INSERT per batch.)
         """
         self.ensure()
         if self._write_sql is None:
