@@ -35,14 +35,14 @@ def feedback(model_id: str):
     versions = state.registry.versions_of(model_id)  # an unknown model is a 404 first
     if all(model.kind is None for model in versions):
         raise BadInput(f"model '{model_id}' has no output a label can be compared with (it is neither a classifier nor a regressor)")
-    labels = parse_labels(read_json(request.environ, state.settings.max_request_bytes,
-                                    f'a JSON array of up to {MAX_LABELS} {{"request_id": ..., "truth": ...}}'))
+    body = read_json(request.environ, state.settings.max_request_bytes, f'a JSON array of up to {MAX_LABELS} {{"request_id": ..., "truth": ...}}')
+    labels = parse_labels(body)
     outcomes = recorder.label(model_id, labels, state.registry.uploads(model_id))
     counts = {"matched": 0, "duplicate": 0, "unknown": 0, "expired": 0}
     items = []
-    for label, outcome in zip(labels, outcomes, strict=True):
+    for given, outcome in zip(body, outcomes, strict=True):
         counts[outcome.outcome] += 1
-        item: dict = {"request_id": label.request_id if not label.row else f"{label.request_id}/{label.row}", "outcome": outcome.outcome}
+        item: dict = {"request_id": given["request_id"], "outcome": outcome.outcome}  # as the client wrote it
         if outcome.version is not None:
             item["version"] = outcome.version
         if outcome.outcome == "matched":

@@ -1174,3 +1174,14 @@ def test_a_database_of_a_newer_schema_is_unavailable(make_app, model_dir, iris_b
     assert "newer than this server's" in strict_json(client.get("/health/ready"))["records"]
     assert_error(feedback(client, "iris", [{"request_id": "p", "truth": 0}]), 503, "records_unavailable", "newer than this server's")
     assert_error(client.get("/models/iris/performance"), 503, "records_unavailable", "newer than this server's")
+
+
+def test_each_item_echoes_the_request_id_as_the_client_wrote_it(app, client, iris_bytes):
+    uploaded(client, iris_bytes, "echo")
+    one = predict(client, "echo", [5.1, 3.5, 1.4, 0.2])["request_id"]
+    batch = predict(client, "echo", [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]])["request_id"]
+    recorder_of(app).flush()
+    sent = [f"{one}/0", one, batch, f"{batch}/1", f"{batch}/7"]
+    body = labeled(client, "echo", [{"request_id": rid, "truth": 0} for rid in sent])
+    assert [item["request_id"] for item in body["items"]] == sent
+    assert [item["outcome"] for item in body["items"]] == ["matched", "duplicate", "matched", "matched", "unknown"]
