@@ -30,6 +30,7 @@ import pytest
 import requests
 from sklearn.datasets import load_iris
 
+from tests.conftest import wait_for
 from tests.live.postgres import running_postgres
 from tests.live.server import CLOSE, LiveServer, metric_samples, total, upload
 
@@ -275,7 +276,7 @@ def wait_visible(answers: list[Answer], stored_ids, what: str = "records") -> fl
     wanted = {a.request_id for a in answers}
     last = max(a.at for a in answers)
     time.sleep(max(0.0, last + VISIBLE_S - time.time()))
-    wait_for(f"the {what} of {len(wanted)} answered predictions stored", lambda: wanted <= stored_ids(), timeout=10)
+    waited(f"the {what} of {len(wanted)} answered predictions stored", lambda: wanted <= stored_ids(), timeout=10)
     late = time.time() - last
     assert late < VISIBLE_S + 2.0, f"records became visible {late:.2f} s after the last answer (contract: within {VISIBLE_S} s)"
     return late
@@ -294,15 +295,11 @@ def written_by_pid(metrics_dir: Path) -> dict[int, float]:
     return found
 
 
-def wait_for(what: str, check, timeout: float, every: float = 0.1):
+def waited(what: str, check, timeout: float, every: float = 0.1):
     """Poll ``check()`` until it returns something true; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(every)
+    found = wait_for(check, timeout, every)
+    assert found, f"{what}: not within {timeout} s"
+    return found
 
 
 def readiness_records(server: LiveServer) -> tuple[int, str | None]:
@@ -311,7 +308,7 @@ def readiness_records(server: LiveServer) -> tuple[int, str | None]:
 
 
 def wait_replaced(server: LiveServer, dead: int, timeout: float = 20) -> None:
-    wait_for(f"gunicorn replacing worker {dead}",
+    waited(f"gunicorn replacing worker {dead}",
              lambda: len(pids := server.worker_pids()) == server.workers and dead not in pids, timeout)
 
 
@@ -352,8 +349,10 @@ def test_labels_from_any_worker_join_predictions_from_every_worker_and_accuracy_
         bodies = list(pool.map(lambda k: feedback_ok(server, "iris", items[k * 95:(k + 1) * 95]), range(4)))
     for k, body in enumerate(bodies):
         assert (body["matched"], body["duplicate"], body["unknown"], body["expired"]) == (95, 0, 0, 0), body
-        for answer, truth, item in zip(chosen[k * 95:(k + 1) * 95], truths[k * 95:(k + 1) * 95], body["items"], strict=True):
-            assert item == {"request_id": answer.request_id, "outcome": "matched", "version": "1",
+        for answer, truth, item, sent in zip(chosen[k * 95:(k + 1) * 95], truths[k * 95:(k + 1) * 95], body["items"],
+                                             items[k * 95:(k + 1) * 95], strict=True):
+            assert sent["request_id"] in (answer.request_id, f"{answer.request_id}/0")
+            assert item == {"request_id": sent["request_id"], "outcome": "matched", "version": "1",  # as the client wrote it
                             "predicted": answer.predicted, "correct": truth == answer.predicted}, item
 
     last = chosen[380:]
@@ -456,7 +455,7 @@ def test_a_worker_killed_under_load_loses_at_most_its_last_second_of_records(tmp
 
     path = records_db(models)
     after = [a for a in answers if a.at > killed_at + 0.2]
-    wait_for("the records of the predictions answered after the kill", lambda: {a.request_id for a in after} <= stored_ids_sqlite(path, "iris"),
+    waited("the records of the predictions answered after the kill", lambda: {a.request_id for a in after} <= stored_ids_sqlite(path, "iris"),
              timeout=5)
     stored = stored_ids_sqlite(path, "iris")
     missing = [a for a in answers if a.request_id not in stored]
@@ -517,7 +516,7 @@ def test_the_database_going_away_costs_records_not_predictions_and_they_come_bac
                 seen.extend(readiness_records(server) for _ in range(8))
                 return all(code == 200 and (text or "").startswith("database unavailable") for code, text in seen[-8:])
 
-            wait_for("readiness naming the database failure", every_worker_says_down, timeout=15)
+            waited("readiness naming the database failure", every_worker_says_down, timeout=15)
             assert all(code == 200 for code, _ in seen), Counter(code for code, _ in seen)
             reason = seen[-1][1]
             assert "records dropped" in reason and ("refused" in reason.lower() or "connect" in reason.lower()), reason
@@ -525,7 +524,7 @@ def test_the_database_going_away_costs_records_not_predictions_and_they_come_bac
             assert refused.status_code == 503 and refused.json()["code"] == "records_unavailable", refused.text
             assert "Retry-After" in refused.headers
             assert get(server, "/models/iris/performance").status_code == 503
-            wait_for("model_records_dropped_total rising", lambda: total(metric_samples(server), "model_records_dropped_total") > 0, timeout=10)
+            waited("model_records_dropped_total rising", lambda: total(metric_samples(server), "model_records_dropped_total") > 0, timeout=10)
             load.wait_answers(len(load.answers) + 300)
             pg.start()
             up_at = time.time()
@@ -542,7 +541,7 @@ def test_the_database_going_away_costs_records_not_predictions_and_they_come_bac
             streak.append(readiness_records(server)[1])
             return len(streak) >= 12 and all((text or "").startswith("ok") for text in streak[-12:])
 
-        wait_for(f"readiness back to ok after the restart (last: {streak[-1:]})", back, timeout=30)
+        waited(f"readiness back to ok after the restart (last: {streak[-1:]})", back, timeout=30)
         dropped_note = streak[-1]
         samples = metric_samples(server)
         dropped = total(samples, "model_records_dropped_total")
