@@ -3,8 +3,8 @@
 Resolve the model and the version that answers (the one pinned, else the one its routing plan
 chooses) → check and convert the inputs through the tensor codec (missing, unknown and
 duplicate inputs are checked here, once, with one set of messages) → run within the limits →
-describe the outputs asked for → queue what metrics and monitoring need (nexus/monitoring counts the
-inputs' features and the classifier's confidence off the request) → hand copies to shadow versions.
+describe the outputs asked for → queue what monitoring and the prediction records need (both work
+off the request: nexus/monitoring, nexus/records) → hand copies to shadow versions.
 
 Protocols (``/predict``, V2 REST, and next gRPC) only parse their wire format into an
 :class:`InferenceRequest` and render the :class:`InferenceResponse`, or the error this raises.

@@ -21,6 +21,19 @@ class Confidence(NamedTuple):
         return [self.labels[i] for i in self.best.tolist()]
 
 
+def rows_of(value: Any) -> int:
+    """How many samples an answer holds: a ZipMap list's length, a tensor's first dimension (1 for a scalar)."""
+    return len(value) if isinstance(value, list) else (int(np.shape(value)[0]) if np.ndim(value) else 1)
+
+
+def joined(values: list[Any]) -> Any:
+    """Several answers of one output as one: ZipMap lists end to end, or tensors stacked along their
+    samples (ValueError when their shapes do not stack)."""
+    if all(isinstance(value, list) for value in values):
+        return [row for value in values for row in value]
+    return values[0] if len(values) == 1 else np.concatenate(values)
+
+
 def class_scores(value: Any) -> tuple[np.ndarray, list[str]] | None:
     """Return a classifier output as scores [N, K] with its class labels, or None when it is no classifier output.
 

@@ -42,7 +42,7 @@ import orjson
 from nexus.batching import Batcher
 from nexus.errors import BadInput
 from nexus.monitoring import reference, sketch
-from nexus.monitoring.confidence import confidence
+from nexus.monitoring.confidence import confidence, joined, rows_of
 from nexus.monitoring.features import Layout, Task, layout, task_of
 from nexus.store import upload_id
 
@@ -236,13 +236,11 @@ class Monitor:
             rows = self._rows([entry[2] for entry in entries])
             predictions = len(rows)
         else:  # no watched input (text): the answers' rows are the predictions
-            predictions = sum(len(v) if isinstance(v, list) else (np.shape(v)[0] if np.ndim(v) else 1) for v in values)
+            predictions = sum(rows_of(v) for v in values)
         value = None
         if values:
-            if isinstance(values[0], list):
-                value = [item for v in values for item in v]
-            elif self.task.kind == "classifier":
-                value = values[0] if len(values) == 1 else np.concatenate(values)
+            if isinstance(values[0], list) or self.task.kind == "classifier":
+                value = joined(values)
             else:
                 value = np.concatenate([np.ravel(v) for v in values])
         return _Batch(entries[-1][1], len(entries), predictions, rows, value)

@@ -27,7 +27,7 @@ from nexus.batching import Batcher
 from nexus.clock import utc_now
 from nexus.errors import BadInput, RecordsUnavailable
 from nexus.ids import request_id_time, valid_request_id
-from nexus.monitoring.confidence import confidence
+from nexus.monitoring.confidence import confidence, joined, rows_of
 from nexus.records import database
 from nexus.records.database import HOUR, Database, Label, Outcome
 
@@ -38,7 +38,7 @@ RETRY_S = (0.5, 5.0)  # pauses between tries while the database fails: first, lo
 PRUNE_EVERY_S = 600.0  # each worker prunes past the retention this often (with jitter)
 MAX_LABELS = 10_000  # labels per feedback call
 FORGET_AGAIN_S = 1.0  # a delete removes the deleted uploads' records again this much later
-MAX_TRUTH = 1e100  # a regressor's truth beyond this is refused: its error's square must stay finite in the sums
+MAX_TRUTH = database.MAX_ERROR  # a regressor's truth beyond this is refused: its error's square must stay finite in the sums
 MAX_INPUT_BYTES = 64 * 1024  # with NEXUS_RECORD_INPUTS=1, a request's inputs are kept up to this size (the queue holds them)
 DAY = 86_400
 
@@ -331,21 +331,18 @@ def _predictions(kind: str | None, values: list[Any]) -> tuple[list[int], list[s
 
 
 def _joined(values: list[Any]) -> Any:
-    """A batch's class probabilities as one answer: ZipMap lists end to end, or tensors stacked; None if they do not join."""
-    if all(isinstance(value, list) for value in values):
-        return [row for value in values for row in value]
+    """A batch's class probabilities as one answer, or None when they do not join."""
     try:
-        return np.concatenate(values) if len(values) > 1 else values[0]
+        return joined(values)
     except (ValueError, TypeError):
         return None
 
 
 def _rows_of(value: Any) -> int:
+    """Records of one prediction: one per sample of its answer (one when there is no answer, or an empty ZipMap)."""
     if value is None:
         return 1
-    if isinstance(value, list):
-        return max(1, len(value))
-    return int(np.shape(value)[0]) if np.ndim(value) else 1
+    return max(1, rows_of(value)) if isinstance(value, list) else rows_of(value)
 
 
 def _inputs(feeds: dict[str, np.ndarray], n: int) -> list[str] | None:
