@@ -56,7 +56,8 @@ def create_app(settings: config.Settings | Mapping[str, Any] | None = None) -> F
                                settings.drift_warn, settings.drift_alert, settings.drift_min_count)
     registry = Registry(store, settings.ort_threads, observer=metrics, limits=settings.limits, load_wait_s=settings.load_wait_s,
                         monitoring=Monitoring(watch, store, failed=metrics.monitoring_failed) if settings.monitoring else None,
-                        recorder=recorder(settings))
+                        recorder=recorder(settings), budget_mb=settings.memory_budget_mb,
+                        shared_weights=settings.shared_weights)
     app.extensions["nexus"] = Nexus(settings, store, registry)
     init_errors(app)
     app.before_request(note_route)

@@ -36,6 +36,8 @@ class Settings:
     inference_timeout_s: float = 30
     max_inference_memory_mb: float = 1024
     load_wait_s: float = 5
+    memory_budget_mb: float | None = None  # None: every model is opened in every worker at start
+    shared_weights: bool = True  # False: sessions from the model's bytes, a private copy of its weights per worker
     grpc_port: int = 8081  # 0: no gRPC
     grpc_max_message_mb: float = 64
     grpc_threads: int = 8
@@ -171,6 +173,8 @@ _ENV = {
     "NEXUS_INFERENCE_TIMEOUT_S": ("inference_timeout_s", _positive_number),
     "NEXUS_MAX_INFERENCE_MEMORY_MB": ("max_inference_memory_mb", _positive_number),
     "NEXUS_LOAD_WAIT_S": ("load_wait_s", _positive_number),
+    "NEXUS_MEMORY_BUDGET_MB": ("memory_budget_mb", lambda raw: _positive_number(raw) if raw.strip() else None),
+    "NEXUS_SHARED_WEIGHTS": ("shared_weights", _flag),
     "NEXUS_GRPC_PORT": ("grpc_port", _port_or_off),
     "NEXUS_GRPC_MAX_MESSAGE_MB": ("grpc_max_message_mb", _positive_number),
     "NEXUS_GRPC_THREADS": ("grpc_threads", _positive_int),

@@ -22,7 +22,7 @@ import numpy as np
 from nexus import shadow
 from nexus.errors import BadInput
 from nexus.observability import metrics
-from nexus.registry import Model, Registry
+from nexus.registry import Entry, Model, Registry
 from nexus.runtime import TensorSpec
 from nexus.tensors import DType
 
@@ -89,7 +89,12 @@ def infer(registry: Registry, request: InferenceRequest, call: Call) -> Inferenc
     watched = model.watched if monitor is not None or recorder is not None else None
     extra = watched is not None and watched not in names  # run the output monitoring and records read too, then drop it
     started = time.perf_counter()
-    results = model.runtime.run(feeds, [*names, watched] if extra else names)
+    users = model.users
+    users.append(None)  # running: a memory budget never closes it now
+    try:
+        results = model.runtime.run(feeds, [*names, watched] if extra else names)
+    finally:
+        users.pop()
     metrics.observe_inference(model.id, model.version, time.perf_counter() - started)
     if monitor is not None or recorder is not None:
         value = results.pop() if extra else results[names.index(watched)] if watched else None
@@ -99,17 +104,27 @@ def infer(registry: Registry, request: InferenceRequest, call: Call) -> Inferenc
             recorder.observe(request.request_id, model.id, model.version, model.upload, model.kind, value, feeds)  # type: ignore[arg-type]
     if routed and entry.plan.shadows:
         for version in entry.plan.shadows_for(model.version, request.routing_key):
-            _shadow(registry.loaded(entry, version), entry.id, version, request, specs[0].name, results[0])
+            _shadow(registry, entry, version, request, specs[0].name, results[0])
     return InferenceResponse(model, list(zip(specs, results, strict=True)))
 
 
-def _shadow(model: Model | None, model_id: str, version: str, request: InferenceRequest, output: str, value: Any) -> None:
-    """Hand a copy of the request to shadow ``version``; its first output is compared with the client's ``value``."""
+def _shadow(registry: Registry, entry: Entry, version: str, request: InferenceRequest, output: str, value: Any) -> None:
+    """Hand a copy of the request to shadow ``version``; its first output is compared with the client's ``value``.
+
+    The copy is decoded and run in the shadow's thread; under a memory budget, that thread also
+    opens the version if this worker has not (the client never waits for it)."""
+    loaded = registry.loaded(entry, version)
     run = None
-    if model is not None:
-        names = [output if output in model.runtime.output_names else model.runtime.output_names[0]]
-        run = lambda: model.runtime.run(_feeds(model, request.inputs), names)  # noqa: E731 (decoded in the shadow's thread)
-    shadow.submit(model_id, version, run, value)
+    if loaded is not None or registry.budget_mb is not None:
+        def run() -> list[Any]:
+            model = loaded or registry.version(entry, version)
+            names = [output if output in model.runtime.output_names else model.runtime.output_names[0]]
+            model.users.append(None)
+            try:
+                return model.runtime.run(_feeds(model, request.inputs), names)
+            finally:
+                model.users.pop()
+    shadow.submit(entry.id, version, run, value)
 
 
 def _feeds(model: Model, inputs: Sequence[Input]) -> dict[str, np.ndarray]:

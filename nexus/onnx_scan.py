@@ -26,6 +26,7 @@ _SPARSE = {1: "tensor", 2: "tensor"}
 _TENSOR_EXTERNAL_DATA = 13
 _TENSOR_DATA_LOCATION = 14
 _EXTERNAL = 1
+_LOCATION = b"location"  # the external_data entry that names the file
 _UINT32 = 0xFFFFFFFF
 # An ORT-format (flatbuffer) model carries this file identifier at offset 4; onnxruntime would
 # load it from bytes by another path than the ONNX one, so it is refused rather than walked.
@@ -88,17 +89,33 @@ def _fields(buf: memoryview, start: int, end: int):
             raise ProtobufError("field runs past its message")
 
 
-def _tensor_is_external(buf: memoryview, start: int, end: int) -> bool:
+def _external_location(buf: memoryview, start: int, end: int) -> str | None:
+    """Return where the tensor's data lives when it is external ("" when it names no location), else None."""
+    external, location = False, ""
     for number, wire, value in _fields(buf, start, end):
         if number == _TENSOR_EXTERNAL_DATA and wire == 2:
-            return True
-        if number == _TENSOR_DATA_LOCATION and wire == 0 and value & _UINT32 == _EXTERNAL:
-            return True
-    return False
+            external = True
+            key = entry = b""
+            for field, kind, span in _fields(buf, *value):
+                if kind == 2 and field in (1, 2):
+                    text = bytes(buf[span[0]:span[1]])
+                    key, entry = (text, entry) if field == 1 else (key, text)
+            if key == _LOCATION:
+                location = entry.decode("utf-8", "replace")
+        elif number == _TENSOR_DATA_LOCATION and wire == 0 and value & _UINT32 == _EXTERNAL:
+            external = True
+    return location if external else None
 
 
 def uses_external_data(data: bytes | memoryview) -> bool:
     """Tell whether any tensor in the serialized ModelProto ``data`` points at external data."""
+    return bool(external_locations(data, first=True))
+
+
+def external_locations(data: bytes | memoryview, first: bool = False) -> set[str]:
+    """Return the files the tensors in the serialized ModelProto ``data`` name as their external data
+    ("" for one that names none); with ``first``, stop at the first such tensor."""
+    found: set[str] = set()
     buf = memoryview(data)
     if bytes(buf[4:8]) == _ORT_FORMAT_ID:
         raise ProtobufError("this is an ORT-format file; upload the .onnx model instead")
@@ -108,12 +125,15 @@ def uses_external_data(data: bytes | memoryview) -> bool:
         if depth > _MAX_DEPTH:
             raise ProtobufError("messages nested too deeply")
         if kind == "tensor":
-            if _tensor_is_external(buf, start, end):
-                return True
+            location = _external_location(buf, start, end)
+            if location is not None:
+                found.add(location)
+                if first:
+                    return found
             continue
         wanted = _KIND_FIELDS[kind]
         for number, wire, value in _fields(buf, start, end):
             child = wanted.get(number)
             if child is not None and wire == 2:
                 stack.append((child, value[0], value[1], depth + 1))
-    return False
+    return found

@@ -21,14 +21,17 @@ sandbox by whichever worker takes its model's claim, and the record is written t
 
 from __future__ import annotations
 
+import gc
+import itertools
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 from nexus import routing, sandbox
 from nexus.clock import utc_now
@@ -52,8 +55,9 @@ from nexus.monitoring import features, reference
 from nexus.monitoring.live import Monitor, Monitoring
 from nexus.records.recorder import Recorder
 from nexus.routing import Plan, Routing
-from nexus.runtime import Runtime, TensorSpec
-from nexus.store import ModelStore, PendingFile, StoredModel, check_id, model_of, sha256_of, upload_id, version_key
+from nexus.runtime import VERSION as RUNTIME_VERSION
+from nexus.runtime import Runtime, TensorSpec, check_serving_graph, trim_heap
+from nexus.store import ModelStore, PendingFile, StoredModel, check_id, file_digest, model_of, upload_id, version_key
 
 log = logging.getLogger("nexus.registry")
 
@@ -61,6 +65,7 @@ RACY_NS = 2_000_000_000
 SIDECAR_FORMAT = 2  # 2: versions (the sidecar's "sequence" orders them); 1 had none
 LOADER_POLL_S = 1.0  # the loader looks at the directory this often even when no request comes
 CLEAN_EVERY_S = 30.0  # and removes leftovers of dead writers (another replica's, say) this often
+FULL_REREAD_S = 60.0  # and reads the whole directory this often, for changes no log or timestamp showed
 _NO_ROUTING = Routing()
 
 
@@ -83,6 +88,8 @@ class Model:
     task: dict[str, Any] | None = field(default=None, compare=False)  # what monitoring reads: classifier or regressor, which output
     monitor: Monitor | None = field(default=None, compare=False, repr=False)  # this worker's counting; None: monitoring off
     upload: str = field(default="", compare=False)  # which upload of the version this is (store.upload_id)
+    memory_mb: float = field(default=0.0, compare=False)  # what one worker holds of it, as measured (the budget counts it)
+    users: list = field(default_factory=list, compare=False, repr=False)  # one item per run in progress: never evicted then
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -145,6 +152,23 @@ def _without(found: Routing, version: str) -> Routing:
                    {v: w for v, w in found.shadow.items() if v != version})
 
 
+def _memory_mb(record: dict[str, Any] | None, shared: bool) -> float:
+    """What one worker holds of a version, as the sandbox measured it: its serving form's graph,
+    weights and private memory when shared, else the peak of its load from bytes."""
+    record = record or {}
+    measured = record.get("serving", {}).get("resident_mb") if shared else record.get("peak_mb")
+    return float(measured) if isinstance(measured, (int, float)) and not isinstance(measured, bool) else 0.0
+
+
+class _Seen(NamedTuple):
+    """What a version's sidecar says, as of the files' identity ``signature``."""
+
+    signature: tuple[int, ...] | None
+    version: str
+    sequence: int
+    summary: dict[str, Any]  # Model.summary() without loading it
+
+
 class _Busy(Exception):
     """Another writer holds the model's claim (it is checking or writing it); try again later."""
 
@@ -154,15 +178,23 @@ class Registry:
 
     def __init__(self, store: ModelStore, ort_threads: int, observer: ModuleType | object | None = None,
                  limits: Limits | None = None, load_wait_s: float = 5, monitoring: Monitoring | None = None,
-                 recorder: Recorder | None = None) -> None:
-        """``observer``, if given, has ``models_changed(count)`` and ``model_loaded(seconds)``; ``monitoring``,
-        if given, gives every version a monitor; ``recorder``, if given, keeps a record of every prediction."""
+                 recorder: Recorder | None = None, budget_mb: float | None = None, shared_weights: bool = True) -> None:
+        """``observer``, if given, has ``models_changed(loaded, memory_mb)``, ``models_available(count)``,
+        ``model_loaded(seconds)`` and ``models_evicted(count)``; ``monitoring``, if given, gives every version a monitor; ``recorder``,
+        if given, keeps a record of every prediction. With ``budget_mb``, versions are opened on first use and the
+        least recently used are closed to keep what this worker holds under the budget. Without ``shared_weights``,
+        every session is built from the model's bytes (private weights in each worker) and no serving form is made."""
         self.store = store
         self.monitoring = monitoring
         self.recorder = recorder
         self.ort_threads = ort_threads
         self.limits = limits or Settings().limits
         self.load_wait_s = load_wait_s
+        self.budget_mb = budget_mb
+        self.shared_weights = shared_weights
+        self._ticks = itertools.count()
+        self._used: dict[str, int] = {}  # key -> tick of its last use (with a budget: which to close first)
+        self._opening: dict[str, threading.Event] = {}  # key -> set when its load on demand ends
         self._models: dict[str, Model] = {}  # store key -> loaded version
         self._entries: dict[str, Entry] = {}  # model id -> its versions and routing
         self._pending: dict[str, tuple[tuple[int, ...] | None, threading.Event]] = {}  # key -> (signature, loaded)
@@ -170,10 +202,13 @@ class Registry:
         self._sync_lock = threading.Lock()  # one re-read at a time; loading happens outside it
         self._load_lock = threading.Lock()  # one loader at a time, whichever thread it is
         self._stamp: tuple[int, int] | None = None
+        self._mark: tuple[int, int] | None = None  # the change log's (inode, offset read to) at the last look
+        self._unexplained: tuple[int, int] | None = None  # a directory stamp the log did not explain at the last poll
+        self._full_due = 0.0  # when the loader reads the whole directory again whatever the log says
         self._trust_after_ns = 0
         self._pid: int | None = None
         self._failed: dict[str, tuple[tuple[int, ...] | None, str]] = {}  # key -> (signature, reason)
-        self._known: dict[str, tuple[tuple[int, ...] | None, str, int]] = {}  # key -> (signature, version, sequence)
+        self._known: dict[str, _Seen] = {}  # key -> what its sidecar says, read once per change
         self._routings: dict[str, tuple[tuple[int, ...] | None, Routing]] = {}  # model id -> (document's identity, routing)
         self._unloaded: frozenset[str] = frozenset()
         self._missing = False
@@ -183,6 +218,7 @@ class Registry:
         self._loader_ident: int | None = None
         self.synced_once = False
         self._reported = False  # models_changed called at least once in this process
+        self._entries_seen: dict[str, Entry] | None = None  # the entries models_available was last told of
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -214,7 +250,11 @@ class Registry:
         if key is None:
             raise VersionNotFound(entry.id, version, entry.versions)
         model = self._models.get(key)
-        return model if model is not None else self._await(key, entry.id, version if len(entry.keys) > 1 else None)
+        if model is None:
+            model = self._await(key, entry.id, version if len(entry.keys) > 1 else None)
+        if self.budget_mb is not None:
+            self._used[key] = next(self._ticks)
+        return model
 
     def loaded(self, entry: Entry, version: str) -> Model | None:
         """Return the version if this worker has it loaded now, else None; never waits."""
@@ -264,13 +304,21 @@ class Registry:
         loaded = [model for key in entry.keys.values() if (model := self._models.get(key)) is not None]
         return loaded or [self.version(entry, None)]  # none loaded: the default's error says why
 
-    def defaults(self) -> list[tuple[Entry, Model]]:
-        """Return each model whose default version is loaded, with that version (waiting like ``entries``)."""
+    def catalogue(self) -> list[tuple[Entry, dict[str, Any]]]:
+        """Return each model that can answer, with its default version's summary (waiting like ``entries``):
+        loaded, or, with a budget, able to be opened on its first request."""
         entries = self.entries()
         with self._lock:
             models = self._models
-        found = ((entry, models.get(entry.keys.get(entry.plan.default, ""))) for entry in entries)
-        return [(entry, model) for entry, model in found if model is not None]
+        found = []
+        for entry in entries:
+            key = entry.keys.get(entry.plan.default, "")
+            model = models.get(key)
+            if model is not None:
+                found.append((entry, model.summary()))
+            elif self.budget_mb is not None and key in self._known and key not in self._unloaded and key not in self._failed:
+                found.append((entry, self._known[key].summary))
+        return found
 
     def check_ready(self) -> None:
         """Raise NotReady unless this worker has loaded the model directory and can still read it."""
@@ -304,7 +352,9 @@ class Registry:
                 return "LOADING", "loading"
         if key in self._unloaded:
             return "UNAVAILABLE", "unloaded"
-        return "UNAVAILABLE", self._failed.get(key, (None, "not loaded yet"))[1]
+        if key in self._failed:
+            return "UNAVAILABLE", self._failed[key][1]
+        return "UNAVAILABLE", "not loaded: opened on its first request" if self.budget_mb is not None else "not loaded yet"
 
     def index(self) -> list[dict[str, str]]:
         """Return every version of every model in the directory with its state (Triton's repository index)."""
@@ -320,6 +370,8 @@ class Registry:
 
     def _await(self, key: str, model_id: str, version: str | None) -> Model:
         """Wait (bounded) for a version this worker is loading; raise the error that says why there is none."""
+        if self.budget_mb is not None and key not in self._unloaded and key not in self._failed and key in self._known:
+            return self._open(key, model_id, version)
         with self._lock:
             waiting = self._pending.get(key)
         if waiting is not None and not self._wait(waiting[1], self.load_wait_s):
@@ -335,6 +387,80 @@ class Registry:
             raise ModelUnavailable(model_id, self._failed[key][1])
         raise ModelNotFound(model_id)
 
+    def _open(self, key: str, model_id: str, version: str | None) -> Model:
+        """Open a version on its first request under a budget: one thread loads it, the others wait for
+        that load (as long as a load may take: the first request never fails for being first)."""
+        deadline = time.monotonic() + self.limits.load_seconds + self.load_wait_s
+        while True:
+            model = self._models.get(key)
+            if model is not None:
+                return model
+            with self._lock:
+                opening = self._opening.get(key)
+                mine = opening is None
+                if mine:
+                    opening = self._opening[key] = threading.Event()
+            if not mine:
+                if not opening.wait(max(0.0, deadline - time.monotonic())):
+                    raise ModelLoading(model_id, max(1, round(self.load_wait_s)))
+                if key in self._models or key not in self._failed:
+                    continue
+                raise ModelUnavailable(model_id, self._failed[key][1])
+            try:
+                seen = self._known.get(key)
+                if seen is None:  # gone from the directory since the request found it
+                    raise ModelNotFound(model_id)
+                try:
+                    model = self._load(key, seen.signature, before_open=lambda mb, keep=key: self._evict(mb, keep))
+                except _Busy:  # another worker is checking it under the model's claim
+                    if time.monotonic() > deadline:
+                        raise ModelLoading(model_id, max(1, round(self.load_wait_s))) from None
+                    time.sleep(0.05)
+                    continue
+                if model is None:
+                    if key in self._failed:
+                        raise ModelUnavailable(model_id, self._failed[key][1])
+                    raise ModelNotFound(model_id)
+                with self._lock:
+                    if self._known.get(key, seen).signature != seen.signature:
+                        continue  # changed while we opened it: open what is there now
+                    self._used[key] = next(self._ticks)
+                self._swap(lambda models: models.__setitem__(key, model))
+                self._evict(0, key)  # its measured size may have been above the estimate
+                return model
+            finally:
+                if mine:
+                    with self._lock:
+                        self._opening.pop(key, None)
+                    opening.set()
+
+    def _evict(self, needed_mb: float, keep: str) -> None:
+        """Close the least recently used versions not running a request until what this worker holds,
+        plus ``needed_mb`` about to be opened, fits the budget; never ``keep``."""
+        with self._lock:
+            models = self._models
+            held = sum(m.memory_mb for m in models.values())
+            if held + needed_mb <= self.budget_mb:
+                return
+            closing = []
+            for _, key in sorted((self._used.get(k, -1), k) for k, m in models.items() if k != keep and not m.users):
+                if held + needed_mb <= self.budget_mb:
+                    break
+                closing.append(key)
+                held -= models[key].memory_mb
+            if not closing:
+                return
+            self._models = {k: m for k, m in models.items() if k not in closing}
+            freed = sum(models[k].memory_mb for k in closing)
+        self._changed(models, self._models)
+        if self._observer is not None:
+            self._observer.models_evicted(len(closing))
+        log.info("models closed to stay under the memory budget",
+                 extra={"keys": closing, "freed_mb": round(freed, 1), "held_mb": round(held, 1), "budget_mb": self.budget_mb})
+        del models
+        gc.collect()  # a session holds reference cycles through its options: free it now, not at some later collection
+        trim_heap()
+
     def _wait(self, loaded: threading.Event, seconds: float) -> bool:
         """Wait up to ``seconds`` for a load the loader thread does; without one, load here at once."""
         if self._loader_pid != os.getpid():
@@ -345,12 +471,19 @@ class Registry:
     # -- keeping in step with the disk -------------------------------------------------------
 
     def refresh(self, model_id: str | None = None) -> None:
-        """Re-read the directory if it changed since the last look (one stat when it did not).
+        """Catch up with the directory if it changed since the last look (one stat when it did not).
 
-        Shortly after a change the directory's stamp proves nothing; then a request for one
-        model checks that model's own files (its routing document and each version's) instead
-        of re-reading everything.
+        With the loader thread running, a request looks at the change log only: when it grew, the
+        new lines say which versions to look at. Changes made without the log (by hand, or by an
+        older release) are the loader's to find: it watches the directory's timestamp too.
+        Without a loader (tests, scripts), a request watches the directory's timestamp itself.
+        Directory timestamps are coarse: shortly after a change the stamp proves nothing; then a
+        request for one model checks that model's own files instead of re-reading everything.
         """
+        if self._pid == os.getpid() and self._loader_pid == self._pid:
+            if self._missing or self.store.changes_mark() != self._mark:
+                self.sync()
+            return
         try:
             stamp = self.store.dir_stamp()
         except OSError:
@@ -365,11 +498,13 @@ class Registry:
         self.sync()
 
     def sync(self) -> None:
-        """Re-read the directory: drop what went away or changed, note what must be loaded, load it.
+        """Catch up with the directory: drop what went away or changed, note what must be loaded, load it.
 
+        What the change log says changed since the last look is all that is read; when the log has
+        nothing new (a change made by hand) or was started anew, the whole directory is.
         With the loader thread running, loading is left to it; otherwise it happens here.
         """
-        self._reread()
+        self._reread(follow=True)
         if self._loader_pid == os.getpid():
             # The loader loads what this re-read found next; it never needs waking by itself (it
             # spun through its 2 s look-again window when it did).
@@ -380,7 +515,26 @@ class Registry:
         if self._missing:
             raise StorageUnavailable()
 
-    def _reread(self) -> None:
+    def _look_for_unlogged(self) -> None:
+        """The loader's look for changes the log does not name: the directory's timestamp moved and
+        stayed unexplained for a whole poll (a logged write moves it a moment before its line
+        lands), or a full re-read is due anyway (a stamp too coarse to show a change)."""
+        try:
+            stamp = self.store.dir_stamp()
+        except OSError:
+            stamp = None
+        if time.monotonic() >= self._full_due:
+            self._reread(follow=False)
+        elif stamp != self._stamp and self.store.changes_mark() == self._mark:
+            if stamp == self._unexplained:
+                self._reread(follow=False)
+            self._unexplained = stamp
+        elif self.store.changes_mark() != self._mark:
+            self._reread(follow=True)
+
+    def _reread(self, follow: bool = False) -> None:
+        """Read the directory again: with ``follow``, only the models the change log names since the
+        last look (the whole directory when the log has nothing new or is another file)."""
         with self._sync_lock:
             if self._pid != os.getpid():
                 # Sessions made before a fork belong to the parent; start over in this process.
@@ -389,41 +543,65 @@ class Registry:
                 self._failed = {}
                 self._pid = os.getpid()
                 self._reported = False
+                self._entries_seen = None
+                self._mark = None
+                follow = False
+            changed: dict[str, set[str]] | None = None
             try:
+                mark = self.store.changes_mark()  # before the look: a change after it is read again next time
                 stamp = self.store.dir_stamp()
-                stored = self.store.scan()
+                if follow and mark is not None and self._mark is not None and mark != self._mark:
+                    found = self.store.read_changes(self._mark, mark[1]) if mark[0] == self._mark[0] else None
+                    if found is not None:
+                        changed, offset = found
+                        mark = (mark[0], offset)
+                if changed is None:
+                    stored = self.store.scan()
+                    self._full_due = time.monotonic() + FULL_REREAD_S
+                else:
+                    known = self._entries
+                    stored = [model for model_id, keys in changed.items()
+                              if (model := self.store.look(model_id, keys | set(known[model_id].stored_keys if model_id in known else ())))]
                 self._missing = False
             except OSError:  # the directory is gone or unreadable: serve nothing, say why
-                stamp, stored = None, []
+                mark, stamp, stored, changed = None, None, [], None
                 self._missing = True
             with self._lock:
                 current, pending = self._models, self._pending
-            fresh: dict[str, Model] = {}
-            wanted: dict[str, tuple[tuple[int, ...] | None, threading.Event]] = {}
-            entries: dict[str, Entry] = {}
-            failed: dict[str, tuple[tuple[int, ...] | None, str]] = {}
+            # What this look does not cover stays as it was: everything but the models the log named.
+            kept = (lambda key: False) if changed is None else (lambda key: model_of(key) not in changed)
+            fresh: dict[str, Model] = {k: m for k, m in current.items() if kept(k)}
+            wanted: dict[str, tuple[tuple[int, ...] | None, threading.Event]] = {k: p for k, p in pending.items() if kept(k)}
+            entries: dict[str, Entry] = {} if changed is None else {i: e for i, e in self._entries.items() if i not in changed}
+            failed: dict[str, tuple[tuple[int, ...] | None, str]] = {k: f for k, f in self._failed.items() if kept(k)}
+            unloaded = {k for k in self._unloaded if kept(k)}
             for stored_model in stored:
                 entries[stored_model.model_id] = self._entry(stored_model, current, failed)
                 for entry in stored_model.versions:
                     if entry.unloaded:
+                        unloaded.add(entry.key)
                         continue
                     known = current.get(entry.key)
                     if known is not None and known.signature == entry.signature:
                         fresh[entry.key] = known
-                    elif failed.get(entry.key, ((),))[0] != entry.signature:
+                    elif self.budget_mb is None and failed.get(entry.key, ((),))[0] != entry.signature:
                         already = pending.get(entry.key)
                         wanted[entry.key] = already if already and already[0] == entry.signature else (entry.signature, threading.Event())
-            on_disk = {v.key for m in stored for v in m.versions}
+            on_disk = {key for entry in entries.values() for key in entry.stored_keys}
             self._failed = failed
             self._known = {k: v for k, v in self._known.items() if k in on_disk}
+            self._used = {k: v for k, v in self._used.items() if k in on_disk}
             self._routings = {k: v for k, v in self._routings.items() if k in entries}
-            self._unloaded = frozenset(v.key for m in stored for v in m.versions if v.unloaded)
+            self._unloaded = frozenset(unloaded)
             with self._lock:
                 self._models, self._pending, self._entries = fresh, wanted, entries
             for key, (_, done) in pending.items():
                 if key not in wanted:
                     done.set()  # nobody waits for a version that went away
-            self._stamp = stamp
+            if self._observer is not None and (self._entries_seen is None or len(entries) != len(self._entries_seen)):
+                self._observer.models_available(len(entries))
+            self._entries_seen = entries
+            self._mark, self._stamp, self._unexplained = mark, stamp, None
             # A change within the timestamp's resolution of this look would not move the stamp.
             self._trust_after_ns = (stamp[1] + RACY_NS) if stamp else 0
             if not wanted:
@@ -458,18 +636,22 @@ class Registry:
     def _version_of(self, key: str, named: str | None, signature: tuple[int, ...] | None,
                     current: dict[str, Model]) -> tuple[int, str]:
         """Return (sequence, version) of the version stored under ``key``, reading its sidecar once per change."""
+        known = self._known.get(key)
+        if known is not None and known.signature == signature:
+            return known.sequence, known.version
         model = current.get(key)
         if model is not None and model.signature == signature:
-            return model.sequence, model.version
-        known = self._known.get(key)
-        if known is not None and known[0] == signature:
-            return known[2], known[1]
-        sidecar = self.store.read_sidecar(key)
-        version = named if named is not None else str(sidecar.get("version") or "")
-        sequence = sidecar.get("sequence", 0)
-        sequence = sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else 0
-        self._known[key] = (signature, version, sequence)
-        return sequence, version
+            seen = _Seen(signature, model.version, model.sequence, model.summary())
+        else:
+            sidecar = self.store.read_sidecar(key)
+            version = named if named is not None else str(sidecar.get("version") or "")
+            sequence = sidecar.get("sequence", 0)
+            sequence = sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else 0
+            summary = {"id": model_of(key), "name": str(sidecar.get("name") or model_of(key)), "version": version,
+                       "path": self.store.display_path(key)}
+            seen = _Seen(signature, version, sequence, summary)
+        self._known[key] = seen
+        return seen.sequence, seen.version
 
     def _routing(self, stored: StoredModel) -> Routing:
         """Return the model's routing as its document says, read once per change of the document."""
@@ -510,7 +692,8 @@ class Registry:
             if not busy:
                 self.synced_once = True
 
-    def _load(self, key: str, signature: tuple[int, ...] | None) -> Model | None:
+    def _load(self, key: str, signature: tuple[int, ...] | None,
+              before_open: Callable[[float], None] | None = None) -> Model | None:
         started = time.perf_counter()
         model_id = model_of(key)
         try:
@@ -518,15 +701,18 @@ class Registry:
                 raise ValueError("the .onnx file next to the sidecar is missing")
             sidecar = self.store.read_sidecar(key)
             with self.store.open_model(key) as file:
-                data = file.read()
-                digest = sha256_of(data)
+                found = file_digest(file)
+                digest = found["sha256"]
                 if sidecar.get("sha256") != digest:
                     raise ValueError("the .onnx file does not match the sha256 in its sidecar" if "sha256" in sidecar
                                      else "the sidecar does not name the model's sha256, so its file cannot be verified")
-                record, reason = self._admit(key, sidecar, digest, file.fileno())
-            if reason is not None:
-                raise ValueError(reason)
-            model = self._model(key, sidecar, data, digest, Runtime(data, self.ort_threads, self.limits), signature, record)
+                record, reason, shared = self._admit(key, sidecar, digest, file)
+                if reason is not None:
+                    raise ValueError(reason)
+                if before_open is not None:
+                    before_open(_memory_mb(record, shared))
+                runtime = self._runtime(key, shared, file)
+            model = self._model(key, sidecar, found["size"], digest, runtime, signature, record)
         except _Busy:
             raise
         except FileNotFoundError:  # deleted between the directory's listing and this read: not an error
@@ -543,30 +729,93 @@ class Registry:
         log.info("model loaded", extra={"model_id": model_id, "version": model.version, "load_ms": round(seconds * 1000, 2)})
         return model
 
-    def _admit(self, key: str, sidecar: dict[str, Any], digest: str, fd: int) -> tuple[dict[str, Any], str | None]:
-        """Return the version's load check and why it may not be served (None if it may).
+    def _admit(self, key: str, sidecar: dict[str, Any], digest: str, file: IO[bytes]) -> tuple[dict[str, Any], str | None, bool]:
+        """Return the version's load check, why it may not be served (None if it may), and whether its
+        serving form is in place and verified (False: it is served from its bytes, as its record says).
 
-        Without a record of these bytes, measure them in the sandbox under the model's claim
+        Without a record of these bytes, or without a serving form that matches its record and this
+        onnxruntime, measure them in the sandbox and derive the form again under the model's claim,
         and keep the record in the sidecar, so the other workers and replicas need not.
         """
-        decided = self._recorded(sidecar, digest)
+        decided = self._decided(key, sidecar, digest)
         if decided is not None:
             return decided
         try:
             with self.store.claim(model_of(key)):
                 current = self.store.read_sidecar(key)
-                decided = self._recorded(current, digest)  # another worker may have measured it while we waited
+                decided = self._decided(key, current, digest)  # another worker may have done it while we waited
                 if decided is not None:
                     return decided
-                try:
-                    record = sandbox.check(fd, digest, self.limits)
-                except ApiError as exc:
-                    record = sandbox.refusal_record(exc, digest, self.limits)
-                self.store.rewrite_sidecar(key, {**current, "load_check": record})
+                with self.store.workspace() as workspace:
+                    try:
+                        record = sandbox.check(file.fileno(), digest, self.limits, self._serving_in(workspace, key))
+                    except ApiError as exc:
+                        record = sandbox.refusal_record(exc, digest, self.limits)
+                    earlier = self._recorded(current, digest)
+                    if earlier is not None and earlier[1] is None and "serving" in record:
+                        # Only the serving form was made again: the measurement that admitted these bytes stands.
+                        record = {**record, **{k: earlier[0][k] for k in ("peak_mb", "seconds") if k in earlier[0]}}
+                    if "graph" in record.get("serving", {}):
+                        self.store.publish_serving(key, workspace, {**current, "load_check": record})
+                    else:
+                        self.store.rewrite_sidecar(key, {**current, "load_check": record})
                 log.info("model checked", extra={"model_id": model_of(key), "key": key, "load_check": record})
-                return record, sandbox.verdict(record, digest, self.limits)
+                reason = sandbox.verdict(record, digest, self.limits)
+                return record, reason, reason is None and self._serving_state(key, record) is True
         except ModelBusy:
             raise _Busy() from None
+
+    def _decided(self, key: str, sidecar: dict[str, Any], digest: str) -> tuple[dict[str, Any], str | None, bool] | None:
+        """Return what the sidecar's load check decides for these bytes, or None when it must be made again."""
+        decided = self._recorded(sidecar, digest)
+        if decided is None:
+            return None
+        record, reason = decided
+        if reason is not None or not self.shared_weights:
+            return record, reason, False
+        state = self._serving_state(key, record)
+        return None if state is None else (record, None, state)
+
+    def _serving_state(self, key: str, record: dict[str, Any]) -> bool | None:
+        """Return True when the version's serving form is what its record describes (checked byte for
+        byte), False when the record says this onnxruntime cannot make one, None when it must be made
+        (none recorded, another onnxruntime's, or files missing or changed: never served)."""
+        serving = record.get("serving")
+        if not isinstance(serving, dict) or serving.get("onnxruntime") != RUNTIME_VERSION:
+            return None
+        if "error" in serving:
+            return False
+        graph, weights = self.store.serving_paths(key)
+        try:
+            if file_digest(graph) != serving.get("graph") or file_digest(weights) != serving.get("weights"):
+                log.warning("serving form does not match its record; making it again", extra={"key": key})
+                return None
+            check_serving_graph(graph.read_bytes(), weights.name)
+        except FileNotFoundError:
+            log.warning("serving form missing; making it again", extra={"key": key})
+            return None
+        except (OSError, InvalidModel) as exc:
+            log.warning("serving form unusable; making it again", extra={"key": key, "reason": str(exc)})
+            return None
+        return True
+
+    def _serving_in(self, workspace: Path, key: str) -> sandbox.Serving | None:
+        if not self.shared_weights:
+            return None
+        graph, weights = self.store.serving_paths(key)
+        return sandbox.Serving(str(workspace), graph.name, weights.name)
+
+    def _runtime(self, key: str, shared: bool, file: IO[bytes], workspace: Path | None = None) -> Runtime:
+        """Build the version's session: on its serving form (in ``workspace`` while it is being
+        published) when ``shared``, else from the bytes of its open ``file``."""
+        if shared:
+            graph = self.store.serving_paths(key)[0]
+            runtime = Runtime(None, self.ort_threads, self.limits, serving=str(workspace / graph.name if workspace else graph))
+        else:
+            file.seek(0)
+            runtime = Runtime(file.read(), self.ort_threads, self.limits)
+        trim_heap()
+        return runtime
 
     def _recorded(self, sidecar: dict[str, Any], digest: str) -> tuple[dict[str, Any], str | None] | None:
         """Return the sidecar's load check and its verdict, or None when it decides nothing for these bytes."""
@@ -575,7 +824,7 @@ class Registry:
         except KeyError:
             return None
 
-    def _model(self, key: str, sidecar: dict[str, Any], data: bytes, digest: str, runtime: Runtime,
+    def _model(self, key: str, sidecar: dict[str, Any], size: int, digest: str, runtime: Runtime,
                signature: tuple[int, ...] | None, load_check: dict[str, Any] | None) -> Model:
         sequence = sidecar.get("sequence", 0)
         task = features.task_of(sidecar.get("task"), runtime.outputs).document()
@@ -590,7 +839,7 @@ class Registry:
             key=key,
             path=self.store.display_path(key),
             created_at=created_at,
-            size_bytes=len(data),
+            size_bytes=size,
             sha256=digest,
             runtime=runtime,
             sequence=sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else 0,
@@ -599,13 +848,14 @@ class Registry:
             task=task,
             monitor=monitor,
             upload=upload_id(digest, created_at),
+            memory_mb=_memory_mb(load_check, runtime.shared),
         )
 
     def _changed(self, before: dict[str, Model], after: dict[str, Model]) -> None:
         """Report the number of models served when it may have changed, and at the first look (0 included)."""
         if self._observer is not None and (before.keys() != after.keys() or not self._reported):
             self._reported = True
-            self._observer.models_changed(len({model.id for model in after.values()}))
+            self._observer.models_changed(len({model.id for model in after.values()}), sum(m.memory_mb for m in after.values()))
 
     def _swap(self, update: Callable[[dict[str, Model]], None]) -> None:
         with self._lock:
@@ -639,7 +889,7 @@ class Registry:
             self._wake.wait(LOADER_POLL_S)
             self._wake.clear()
             try:
-                self.refresh()
+                self._look_for_unlogged()
             except ApiError:
                 pass  # a missing directory: requests say so; keep looking
 
@@ -658,18 +908,24 @@ class Registry:
             stored = self._on_disk(model_id)
             if version in stored:
                 raise VersionExists(model_id, version)
-            data = pending.read_all()
-            digest = sha256_of(data)
-            record = sandbox.check(pending.file.fileno(), digest, self.limits)
-            runtime = Runtime(data, self.ort_threads, self.limits)
-            sequence = 1 + max((sequence for _, sequence in stored.values()), default=0)
-            sidecar = {"name": name, "version": version, "created_at": utc_now(), "sequence": sequence,
-                       "task": features.declared(runtime.outputs, *task).document()}
-            sketch = None
-            if reference_file is not None:
-                sketch = reference.from_upload(*reference_file, features.layout(runtime.inputs), digest)
-            model = self._model(key, sidecar, data, digest, runtime, None, record)
-            self.store.publish(key, pending, model.sidecar(), self._stored_routing(model_id).document(), sketch)
+            found = file_digest(pending.file)
+            digest = found["sha256"]
+            with self.store.workspace() as workspace:
+                record = sandbox.check(pending.file.fileno(), digest, self.limits, self._serving_in(workspace, key))
+                shared = "graph" in record.get("serving", {})
+                if not shared and self.shared_weights:
+                    log.warning("model served from its bytes: no serving form",
+                                extra={"model_id": model_id, "version": version, "reason": record.get("serving", {}).get("error")})
+                runtime = self._runtime(key, shared, pending.file, workspace)
+                sequence = 1 + max((sequence for _, sequence in stored.values()), default=0)
+                sidecar = {"name": name, "version": version, "created_at": utc_now(), "sequence": sequence,
+                           "task": features.declared(runtime.outputs, *task).document()}
+                sketch = None
+                if reference_file is not None:
+                    sketch = reference.from_upload(*reference_file, features.layout(runtime.inputs), digest)
+                model = self._model(key, sidecar, found["size"], digest, runtime, None, record)
+                self.store.publish(key, pending, model.sidecar(), self._stored_routing(model_id).document(), sketch,
+                                   workspace if shared else None)
             signature = self.store.signature(key)
         model = replace(model, signature=signature)
         self._swap(lambda models: models.__setitem__(key, model))

@@ -13,6 +13,14 @@ Three things keep an uploaded graph from hurting the worker that runs it:
   size is capped (``OrtArenaCfg.max_mem``), growing only by what a run asks for and shrinking
   back after each run, so a run that would need more fails alone and a large one gives its
   memory back.
+
+**One copy of the weights per machine.** A session built from a model's bytes holds private
+copies of its weights (and onnxruntime's pre-packed forms of them) in every worker. So the
+server derives a *serving form* of each upload once (:func:`derive`, run in the sandbox): the
+graph optimized the way a session would optimize it, with every initializer of 1 KiB or more,
+pre-packed ones included, in a separate weights file. A worker opens that form by path
+(:meth:`Runtime.serving`) without optimizing again; onnxruntime maps the weights file, so the
+page cache holds one copy that every worker shares.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import onnxruntime as ort
 
 from nexus.config import MB, Limits, Settings
 from nexus.errors import BadInput, InferenceFailed, InferenceMemoryLimit, InferenceTimeout, InvalidModel
-from nexus.onnx_scan import ProtobufError, uses_external_data
+from nexus.onnx_scan import ProtobufError, external_locations, uses_external_data
 from nexus.tensors import DType, dtype_for
 
 # onnxruntime prints its own warnings to stderr as plain text; our logs are JSON only.
@@ -166,18 +174,71 @@ class Watchdog:
                     options.terminate = True
 
 
-def session_options(threads: int, inference_memory_mb: float) -> ort.SessionOptions:
-    """Return options for one session: ``threads`` intra-op threads, no file access, the capped arena."""
+def session_options(threads: int, inference_memory_mb: float, from_bytes: bool = True) -> ort.SessionOptions:
+    """Return options for one session: ``threads`` intra-op threads, no file access, the capped arena.
+
+    A session built from bytes resolves external data in an empty directory; one built from a
+    serving form by path (``from_bytes`` False) resolves it next to the graph, where the server
+    wrote its weights file, and is not optimized again.
+    """
     process = _process.ready(inference_memory_mb)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    # A model built from bytes resolves external data here, and this directory stays empty.
-    options.add_session_config_entry("session.model_external_initializers_file_folder_path", process.empty_dir)
+    if from_bytes:
+        # A model built from bytes resolves external data here, and this directory stays empty.
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", process.empty_dir)
+    else:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.add_session_config_entry("session.load_model_format", "ONNX")
     options.add_session_config_entry("session.use_env_allocators", "1")
     return options
+
+
+# What derive writes: the optimizations every platform shares (not the layout-specific ones of
+# ORT_ENABLE_ALL, which a session chooses for the CPU it runs on), initializers of at least
+# _EXTERNAL_MIN_BYTES in the weights file, with the pre-packed forms the kernels run on.
+_DERIVED_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+_EXTERNAL_MIN_BYTES = 1024
+VERSION = ort.__version__  # a serving form is rebuilt when the onnxruntime that wrote it is another
+
+
+def derive(data: bytes, graph_path: str, weights_name: str, limits: Limits) -> None:
+    """Write the serving form of the model ``data``: its graph at ``graph_path`` and its weights
+    in ``weights_name`` next to it; raise InvalidModel if onnxruntime cannot."""
+    options = session_options(1, limits.inference_memory_mb)
+    options.graph_optimization_level = _DERIVED_LEVEL
+    options.optimized_model_filepath = graph_path
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", weights_name)
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", str(_EXTERNAL_MIN_BYTES))
+    options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+    _build(data, options)
+
+
+def check_serving_graph(graph: bytes, weights_name: str) -> None:
+    """Raise InvalidModel unless the serving graph ``graph`` names no external data but ``weights_name``."""
+    try:
+        named = external_locations(graph)
+    except ProtobufError as exc:
+        raise InvalidModel(f"the serving form is not an ONNX graph: {exc}") from None
+    if not named <= {weights_name}:
+        raise InvalidModel("the serving form names other external data than its weights file")
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (a load leaves tens of MB of them behind)."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+try:
+    import ctypes
+
+    _libc = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc: nothing to trim
+    _libc = None
 
 
 def out_of_memory(text: str) -> bool:
@@ -197,31 +258,37 @@ def check_model_bytes(data: bytes) -> None:
         )
 
 
-class Runtime:
-    """A live onnxruntime session for one model file's bytes."""
+def _build(source: bytes | str, options: ort.SessionOptions) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own classes for every kind of bad model
+        locale = _MISSING_LOCALE.search(str(exc))
+        if locale:
+            raise InvalidModel(
+                f"the model's StringNormalizer needs the locale '{locale.group(1)}', which this server's machine does "
+                "not have: install it there (Debian: the locales package, the locale enabled in /etc/locale.gen, "
+                "then locale-gen; the Docker image has en_US.UTF-8), or convert the model with a locale the server "
+                "has, e.g. skl2onnx's options={TfidfVectorizer: {'locale': 'C.UTF-8'}}"
+            ) from None
+        raise InvalidModel(f"file is not a loadable ONNX model: {short_reason(exc)}") from None
 
-    def __init__(self, data: bytes, threads: int, limits: Limits | None = None) -> None:
+
+class Runtime:
+    """A live onnxruntime session of one model: built from its bytes, or (``serving``) from its serving form."""
+
+    def __init__(self, data: bytes | None, threads: int, limits: Limits | None = None, *, serving: str | None = None) -> None:
         limits = limits or Settings().limits
-        check_model_bytes(data)
-        try:
-            self.session = ort.InferenceSession(
-                data, sess_options=session_options(threads, limits.inference_memory_mb), providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own classes for every kind of bad model
-            locale = _MISSING_LOCALE.search(str(exc))
-            if locale:
-                raise InvalidModel(
-                    f"the model's StringNormalizer needs the locale '{locale.group(1)}', which this server's machine does "
-                    "not have: install it there (Debian: the locales package, the locale enabled in /etc/locale.gen, "
-                    "then locale-gen; the Docker image has en_US.UTF-8), or convert the model with a locale the server "
-                    "has, e.g. skl2onnx's options={TfidfVectorizer: {'locale': 'C.UTF-8'}}"
-                ) from None
-            raise InvalidModel(f"file is not a loadable ONNX model: {short_reason(exc)}") from None
+        if serving is None:
+            check_model_bytes(data)  # type: ignore[arg-type]
+            self.session = _build(data, session_options(threads, limits.inference_memory_mb))  # type: ignore[arg-type]
+        else:
+            self.session = _build(serving, session_options(threads, limits.inference_memory_mb, from_bytes=False))
         # onnxruntime's Python session keeps the model's bytes for a fallback to other execution
         # providers, which a CPU-only server never takes: without the fallback, the bytes (a second
         # copy of the weights in every worker) are let go once the session is built.
         self.session.disable_fallback()
         self.session._model_bytes = None
+        self.shared = serving is not None  # runs on the mapped weights of a serving form
         self.timeout_s = limits.inference_timeout_s
         self.inputs = tuple(_spec(a) for a in self.session.get_inputs())
         self.outputs = tuple(_spec(a) for a in self.session.get_outputs())

@@ -14,11 +14,19 @@ a short-lived child process (``python -m nexus.sandbox``) that:
 
 What it measured (peak memory and seconds above the child's idle state) goes into the model's
 sidecar as ``load_check``, so every worker and replica decides from the record without loading
-the model again, and a later memory budget can use it.
+the model again.
+
+Given a place to write it, the same child then derives the model's serving form
+(``runtime.derive``: the optimized graph and a weights file every worker maps), opens it the way
+a worker will and measures what one worker holds of it (``resident_mb``, what the memory budget
+counts). Only then may it write files, up to a bound set from the model's size. A model whose
+serving form cannot be made is still served, from its bytes, and the record says why.
 """
 
 from __future__ import annotations
 
+import gc
+import hashlib
 import json
 import os
 import resource
@@ -29,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +46,42 @@ from nexus.errors import InvalidModel, ModelLoadTimeout, ModelTooLarge
 
 _POLL_S = 0.005
 _START_TIMEOUT_S = 60  # interpreter and onnxruntime import on a loaded machine
+_CHUNK = 1 << 20
+# What a serving form may take on disk: its weights once and pre-packed once, plus slack.
+_SERVING_FILES_FACTOR, _SERVING_FILES_SLACK = 3, 64 * MB
 
 
-def check(fd: int, sha256: str, limits: Limits) -> dict[str, Any]:
+def check(fd: int, sha256: str, limits: Limits, serving: Serving | None = None) -> dict[str, Any]:
     """Open the model file open at ``fd`` (whose bytes hash to ``sha256``) in a sandboxed child.
 
     The child reads the same open file (model files are replaced by rename, never rewritten),
     so the record is of exactly those bytes. Return the ``load_check`` record; raise
     ModelTooLarge or ModelLoadTimeout past the limits, InvalidModel if it cannot be loaded.
+    With ``serving``, the child also writes the serving form there, and the record's ``serving``
+    says what it wrote (or why it could not).
     """
     workdir = tempfile.mkdtemp(prefix="nexus-sandbox-")
     try:
-        return {"sha256": sha256, **_Child(fd, workdir, limits).result()}
+        return {"sha256": sha256, **_Child(fd, workdir, limits, serving).result()}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Where the child writes a serving form: a directory of its own, and the two files' names."""
+
+    directory: str
+    graph: str
+    weights: str
+
+
+def _file_record(path: str) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return {"sha256": digest.hexdigest(), "size": os.path.getsize(path)}
 
 
 def verdict(record: Any, sha256: str, limits: Limits) -> str | None:
@@ -95,14 +126,16 @@ def _time_message(limits: Limits) -> str:
 class _Child:
     """One sandboxed load: the child process and the parent's watch over it."""
 
-    def __init__(self, fd: int, workdir: str, limits: Limits) -> None:
+    def __init__(self, fd: int, workdir: str, limits: Limits, serving: Serving | None) -> None:
         self.limits = limits
+        self.serving = serving
+        argv = [str(fd), json.dumps(limits.__dict__), *([json.dumps(serving.__dict__)] if serving else [])]
         # -S skips site's start-up work; the parent's import path (this package first) replaces it.
         path = [str(Path(__file__).resolve().parent.parent), *(p for p in sys.path if p)]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": os.pathsep.join(path),
                "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-S", "-m", "nexus.sandbox", str(fd), json.dumps(limits.__dict__)],
+            [sys.executable, "-S", "-m", "nexus.sandbox", *argv],
             cwd=workdir,
             env=env,
             pass_fds=(fd,),
@@ -122,6 +155,8 @@ class _Child:
             report = self._line(deadline, hello["baseline_kb"])
             if report is None or "error" in report:
                 raise self._failed(report)
+            if self.serving is not None:
+                report["serving"] = self._serving(hello["baseline_kb"])
             return report
         finally:
             if self.proc.poll() is None:
@@ -129,12 +164,28 @@ class _Child:
             self.proc.wait()
             self.proc.stdout.close()
 
-    def _line(self, deadline: float, baseline_kb: int | None) -> dict[str, Any] | None:
-        """Read the child's next JSON line, enforcing the deadline and (after start) the memory limit."""
+    def _serving(self, baseline_kb: int) -> dict[str, Any]:
+        """Wait for the serving form (two loads: the one that writes it, the one that measures it);
+        return its record, or one that says why there is none (the model is then served from its bytes)."""
+        try:
+            report = self._line(time.monotonic() + 2 * self.limits.load_seconds, baseline_kb, b"VmRSS:")
+        except (ModelTooLarge, ModelLoadTimeout) as exc:
+            report = {"error": exc.message}
+        if report is None:
+            report = {"error": f"the child stopped while writing it ({self._exit()})"}
+        return {"onnxruntime": _ort_version(), **report}
+
+    def _exit(self) -> str:
+        code = self.proc.wait()
+        return signal.Signals(-code).name if code < 0 else f"status {code}"
+
+    def _line(self, deadline: float, baseline_kb: int | None, watched: bytes = b"VmHWM:") -> dict[str, Any] | None:
+        """Read the child's next JSON line, enforcing the deadline and (after start) the memory limit
+        on ``watched`` (the peak resident size; the current one while the serving form is made)."""
         stdout = self.proc.stdout
         while b"\n" not in self.buffer:
             if baseline_kb is not None:
-                peak_kb = _status_kb(b"VmHWM:", self.proc.pid)
+                peak_kb = _status_kb(watched, self.proc.pid)
                 if peak_kb is not None and (peak_kb - baseline_kb) * 1024 > self.limits.model_memory_mb * MB:
                     self.proc.kill()
                     raise self._too_large()
@@ -211,7 +262,13 @@ def _emit(record: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _child_main(fd: int, limits: Limits) -> None:
+def _ort_version() -> str:
+    from nexus.runtime import VERSION  # onnxruntime's version; the parent has it loaded already
+
+    return VERSION
+
+
+def _child_main(fd: int, limits: Limits, serving: Serving | None) -> None:
     _die_with_parent()
     try:  # if memory runs out anyway, the kernel kills this process first
         with open("/proc/self/oom_score_adj", "w") as adj:
@@ -235,22 +292,63 @@ def _child_main(fd: int, limits: Limits) -> None:
     data = parts[0] if len(parts) == 1 else b"".join(parts)
     del parts
     session_options(1, limits.inference_memory_mb)  # the process-wide pieces, outside the measurement
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    # No file until the load is measured; then, for a serving form, files up to a bound.
+    bound = _SERVING_FILES_FACTOR * size + _SERVING_FILES_SLACK if serving is not None else 0
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, bound))
     baseline_kb = _status_kb(b"VmHWM:")
     _emit({"baseline_kb": baseline_kb})
     started = time.perf_counter()
     try:
-        Runtime(data, 1, limits)
+        runtime = Runtime(data, 1, limits)
     except MemoryError:
         _emit({"error": "MemoryError"})
         return
     except Exception as exc:
-        _emit({"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}", "code": getattr(exc, "code", None)})
+        _emit(_error(exc))
         return
     seconds = time.perf_counter() - started
     peak_mb = max(0, _status_kb(b"VmHWM:") - baseline_kb) / 1024
     _emit({"peak_mb": round(peak_mb, 1), "seconds": round(seconds, 3)})
+    if serving is not None:
+        del runtime
+        _emit(_derive(data, serving, limits))
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}", "code": getattr(exc, "code", None)}
+
+
+def _derive(data: bytes, serving: Serving, limits: Limits) -> dict[str, Any]:
+    """Write the serving form, open it like a worker does, and return what it is and what one worker holds of it."""
+    from nexus.runtime import Runtime, check_serving_graph, derive, trim_heap
+
+    graph = os.path.join(serving.directory, serving.graph)
+    weights = os.path.join(serving.directory, serving.weights)
+    try:
+        bound = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (bound, bound))
+        derive(data, graph, serving.weights, limits)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+        del data
+        gc.collect()
+        trim_heap()
+        if not os.path.exists(weights):  # a model without an initializer of 1 KiB: all of it is in the graph
+            open(weights, "wb").close()
+        with open(graph, "rb") as file:
+            check_serving_graph(file.read(), serving.weights)
+        before_kb = _status_kb(b"RssAnon:")
+        runtime = Runtime(None, 1, limits, serving=graph)
+        trim_heap()
+        private_mb = max(0, _status_kb(b"RssAnon:") - before_kb) / 1024
+        del runtime
+    except MemoryError:
+        return {"error": "MemoryError"}
+    except Exception as exc:
+        return _error(exc)
+    files = {"graph": _file_record(graph), "weights": _file_record(weights)}
+    resident_mb = private_mb + (files["graph"]["size"] + files["weights"]["size"]) / MB
+    return {**files, "resident_mb": round(resident_mb, 1)}
 
 
 if __name__ == "__main__":
-    _child_main(int(sys.argv[1]), Limits(**json.loads(sys.argv[2])))
+    _child_main(int(sys.argv[1]), Limits(**json.loads(sys.argv[2])), Serving(**json.loads(sys.argv[3])) if len(sys.argv) > 3 else None)

@@ -17,6 +17,13 @@ is held with an exclusive ``flock`` by the process writing it: a claim ``.<id>.c
 that process the only writer of ``<id>`` across workers and replicas, and ``*.tmp`` files.
 The kernel drops the lock when its holder dies, so a hidden file nobody holds is a leftover
 of a crash and is safe to remove.
+
+Every write ends by appending the keys it touched to the directory's change log
+(``changes.log``: a line ``<id> <key>...`` per write, under an ``flock``). A worker that follows
+the log's size learns what changed by reading the new lines and looking at those versions only,
+so a change costs it work in proportion to the change, not to the directory. Past
+``CHANGES_MAX_BYTES`` a writer starts a new log (a new file renamed into place); a reader that
+finds another file there reads the whole directory once.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,9 +53,17 @@ SIDECAR_SUFFIX = ".model_info.json"
 UNLOADED_SUFFIX = ".unloaded"
 ROUTING_SUFFIX = ".routing.json"
 REFERENCE_SUFFIX = ".reference.json"  # a version's monitoring reference: a sketch of sample inputs, never rows
+# A version's serving form, derived by the server from its .onnx (runtime.derive), never sent by a client:
+# the optimized graph, and the weights file every worker maps (one copy per machine).
+SERVING_SUFFIX = ".serving"
+SERVING_WEIGHTS_SUFFIX = ".serving.weights"
 KEY_SEPARATOR = "@"  # in no id or version, so a key <id>@<version> splits one way
+CHANGES_FILE = "changes.log"  # the change log: no key ends this way, so it is no model's file
+CHANGES_MAX_BYTES = 1 << 20
 _CLAIM_SUFFIX = ".claim"
 _TMP_SUFFIX = ".tmp"
+# The files of one version, and a model's routing document (longer suffixes first where one ends another).
+_VERSION_FILES = (ROUTING_SUFFIX, MODEL_SUFFIX, UNLOADED_SUFFIX, REFERENCE_SUFFIX, SERVING_WEIGHTS_SUFFIX, SERVING_SUFFIX)
 ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ - not starting with '.'"
 _ID_CHARS = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}"  # ID_RULE as a regex; <id>.onnx is a safe file name
 # The fixed routes in the places a model id goes (/models/<id>, /v2/models/<name>): a model with one of
@@ -137,6 +153,8 @@ def _lock_path(path: Path, create: bool) -> int | None:
     while True:
         try:
             fd = os.open(path, flags, 0o644)
+        except IsADirectoryError:  # a workspace: a directory locks the same way, opened for reading
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             if create:  # only a missing directory makes creating a file in it fail this way
                 raise StorageUnavailable() from None
@@ -244,6 +262,11 @@ class ModelStore:
     def reference_path(self, key: str) -> Path:
         return self.directory / f"{_valid_key(key)}{REFERENCE_SUFFIX}"
 
+    def serving_paths(self, key: str) -> tuple[Path, Path]:
+        """Return the paths of a version's serving form: its graph, and its weights file (named in the graph)."""
+        key = _valid_key(key)
+        return self.directory / f"{key}{SERVING_SUFFIX}", self.directory / f"{key}{SERVING_WEIGHTS_SUFFIX}"
+
     def routing_path(self, model_id: str) -> Path:
         return self.directory / f"{_stored_id(model_id)}{ROUTING_SUFFIX}"
 
@@ -279,6 +302,49 @@ class ModelStore:
             return PendingFile(self.directory)
 
     @contextmanager
+    def workspace(self) -> Iterator[Path]:
+        """Yield a hidden, locked, empty directory in the model directory for a serving form to be
+        written into (by the sandbox); its files are moved into place by ``publish`` or
+        ``publish_serving``, and whatever is left is removed."""
+        with writing():
+            while True:
+                path = self.directory / f".serving-{secrets.token_hex(8)}{_TMP_SUFFIX}"
+                try:
+                    os.mkdir(path, 0o700)
+                except FileExistsError:
+                    continue
+                fd = _lock_path(path, create=False)
+                if fd is not None:
+                    break
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            os.close(fd)
+
+    def _place_serving(self, key: str, workspace: Path | None) -> None:
+        """Move the serving form written in ``workspace`` into place for ``key`` (weights first: the
+        graph names them); with None, remove any serving form ``key`` has."""
+        for path in reversed(self.serving_paths(key)) if workspace is not None else self.serving_paths(key):
+            if workspace is None:
+                path.unlink(missing_ok=True)
+                continue
+            written = workspace / path.name
+            with open(written, "rb") as file:
+                os.fsync(file.fileno())
+            os.chmod(written, 0o444)  # mapped by every worker: never to be edited in place
+            os.replace(written, path)
+
+    def publish_serving(self, key: str, workspace: Path, sidecar: dict[str, Any]) -> None:
+        """Put a rebuilt serving form of visible version ``key`` in place, then its sidecar ``sidecar``
+        that describes it. Hold the model's claim."""
+        with writing():
+            self._place_serving(key, workspace)
+            self._write_json(self.sidecar_path(key), sidecar)
+            _fsync_dir(self.directory)
+            self._note(model_of(key), key)
+
+    @contextmanager
     def claim(self, model_id: str) -> Iterator[None]:
         """Be the only writer of ``model_id`` in every worker and replica, or raise ModelBusy."""
         path = self.directory / f".{_stored_id(model_id)}{_CLAIM_SUFFIX}"
@@ -293,9 +359,10 @@ class ModelStore:
             os.close(fd)
 
     def publish(self, key: str, pending: PendingFile, sidecar: dict[str, Any], routing: dict[str, Any],
-                reference: dict[str, Any] | None = None) -> None:
-        """Move a pending upload into place as version ``key`` with its monitoring ``reference`` (if
-        given), write its sidecar, then the model's routing document ``routing``. Hold the model's claim."""
+                reference: dict[str, Any] | None = None, serving: Path | None = None) -> None:
+        """Move a pending upload into place as version ``key`` with its monitoring ``reference`` and the
+        serving form written in the workspace ``serving`` (each if given), write its sidecar, then the
+        model's routing document ``routing``. Hold the model's claim."""
         model_id = model_of(_valid_key(key))
         with writing():
             first = not self.routing_path(model_id).exists()
@@ -306,6 +373,7 @@ class ModelStore:
                     self._write_json(self.reference_path(key), reference)  # in place before the version is visible
                 else:
                     self.reference_path(key).unlink(missing_ok=True)  # a deleted namesake's, left by a crash
+                self._place_serving(key, serving)
                 pending.file.flush()
                 os.fsync(pending.file.fileno())
                 os.replace(pending.path, self.model_path(key))
@@ -317,11 +385,13 @@ class ModelStore:
                     raise
             except BaseException:
                 self.reference_path(key).unlink(missing_ok=True)
+                self._place_serving(key, None)
                 if first:
                     self.routing_path(model_id).unlink(missing_ok=True)  # nor a routing document without a version
                 raise
             self._write_json(self.routing_path(model_id), routing)
             _fsync_dir(self.directory)
+            self._note(model_id, key)
 
     def _write_json(self, path: Path, document: dict[str, Any]) -> None:
         tmp = PendingFile(self.directory)
@@ -339,6 +409,7 @@ class ModelStore:
         with writing():
             self._write_json(self.routing_path(model_id), routing)
             _fsync_dir(self.directory)
+            self._note(model_id)
 
     def remove(self, key: str, routing: dict[str, Any] | None) -> None:
         """Remove one version, sidecar first so it stops being visible at once, then write the model's
@@ -349,12 +420,14 @@ class ModelStore:
             self.model_path(key).unlink(missing_ok=True)
             self.unloaded_path(key).unlink(missing_ok=True)
             self.reference_path(key).unlink(missing_ok=True)
+            self._place_serving(key, None)
             model_id = model_of(_valid_key(key))
             if routing is None:
                 self.routing_path(model_id).unlink(missing_ok=True)
             else:
                 self._write_json(self.routing_path(model_id), routing)
             _fsync_dir(self.directory)
+            self._note(model_id, key)
 
     def add_reference(self, key: str, sha256: str, reference: dict[str, Any], usable: Callable[[dict[str, Any] | None], bool]) -> bool:
         """Store a reference collected from predictions for version ``key``, unless the version is gone,
@@ -389,14 +462,17 @@ class ModelStore:
             if routing is not None:
                 self._write_json(self.routing_path(model_of(_valid_key(keys[0]))), routing)
             _fsync_dir(self.directory)
+            self._note(model_of(keys[0]), *keys)
 
 
     # -- reading -------------------------------------------------------------------------
 
-    def scan(self) -> list[StoredModel]:
-        """List the visible models and their versions, with signatures that change whenever a file is replaced."""
+    def scan(self, model_id: str | None = None) -> list[StoredModel]:
+        """List the visible models (or only ``model_id``) and their versions, with signatures that change
+        whenever a file is replaced."""
+        prefixes = (f"{model_id}{KEY_SEPARATOR}", f"{model_id}.") if model_id is not None else ("",)
         with os.scandir(self.directory) as entries:
-            names = {e.name for e in entries if not e.name.startswith(".")}
+            names = {e.name for e in entries if not e.name.startswith(".") and e.name.startswith(prefixes)}
         versions: dict[str, list[StoredVersion]] = {}
         for name in sorted(n for n in names if n.endswith(SIDECAR_SUFFIX)):
             key = name[: -len(SIDECAR_SUFFIX)]
@@ -404,9 +480,79 @@ class ModelStore:
             if parts is None:
                 log.warning("skipping sidecar with an invalid id or version", extra={"file": name})
                 continue
+            if model_id is not None and parts[0] != model_id:
+                continue
             stored = StoredVersion(key, parts[0], parts[1], self.signature(key), f"{key}{UNLOADED_SUFFIX}" in names)
             versions.setdefault(parts[0], []).append(stored)
-        return [StoredModel(model_id, tuple(found), self._stat(self.routing_path(model_id))) for model_id, found in versions.items()]
+        return [StoredModel(found_id, tuple(found), self._stat(self.routing_path(found_id))) for found_id, found in versions.items()]
+
+    def look(self, model_id: str, keys: set[str]) -> StoredModel | None:
+        """Return model ``model_id`` as the versions ``keys`` make it now (those still visible), without
+        listing the directory; None when none of them is."""
+        found = []
+        for key in sorted(keys):
+            signature = self.signature(key)
+            if signature is None and not self.exists(key):
+                continue
+            parts = split_key(key)
+            found.append(StoredVersion(key, model_id, parts[1] if parts else None, signature,
+                                       signature[-1] if signature else os.path.exists(self.unloaded_path(key))))
+        return StoredModel(model_id, tuple(found), self._stat(self.routing_path(model_id))) if found else None
+
+    # -- the change log ------------------------------------------------------------------
+
+    def changes_mark(self) -> tuple[int, int] | None:
+        """Return (inode, size) of the change log, or None when there is none: one stat."""
+        try:
+            st = os.stat(self.directory / CHANGES_FILE)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size
+
+    def read_changes(self, mark: tuple[int, int], upto: int) -> tuple[dict[str, set[str]], int] | None:
+        """Return what the log at ``mark`` (inode, offset) says changed up to byte ``upto`` (model id ->
+        keys) and the offset read to (a line still being written is left for the next read); None when
+        the log is another file than ``mark``'s (then the whole directory must be read)."""
+        try:
+            fd = os.open(self.directory / CHANGES_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            if os.fstat(fd).st_ino != mark[0]:
+                return None
+            data = os.pread(fd, max(0, upto - mark[1]), mark[1])
+        finally:
+            os.close(fd)
+        complete = data.rfind(b"\n") + 1
+        changed: dict[str, set[str]] = {}
+        for line in data[:complete].decode("utf-8", "replace").splitlines():
+            model_id, *keys = line.split()
+            if _VALID_ID(model_id) is not None:
+                changed.setdefault(model_id, set()).update(k for k in keys if split_key(k) is not None and model_of(k) == model_id)
+        return changed, mark[1] + complete
+
+    def _note(self, model_id: str, *keys: str) -> None:
+        """Append one write's line to the change log (starting a new log when it is full)."""
+        line = " ".join((model_id, *keys)).encode() + b"\n"
+        path = self.directory / CHANGES_FILE
+        while True:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if not _same_file(fd, path):
+                    continue  # another writer started a new log meanwhile: append to that one
+                if os.fstat(fd).st_size + len(line) > CHANGES_MAX_BYTES:
+                    fresh = PendingFile(self.directory)
+                    fresh.file.write(line)
+                    fresh.file.flush()
+                    os.replace(fresh.path, path)
+                    fresh.published = True
+                    fresh.discard()
+                else:
+                    os.write(fd, line)
+                return
+            finally:
+                os.close(fd)
 
     def signature(self, key: str) -> tuple[int, ...] | None:
         """Return the identity of a version's files and unload mark, or None when a file is missing."""
@@ -479,6 +625,7 @@ class ModelStore:
         with writing():
             self._write_json(self.sidecar_path(key), sidecar)
             _fsync_dir(self.directory)
+            self._note(model_of(key), key)
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -495,7 +642,7 @@ class ModelStore:
                 if self._remove_if_unheld(self.directory / name):
                     removed.append(name)
                 continue
-            suffix = next((s for s in (ROUTING_SUFFIX, MODEL_SUFFIX, UNLOADED_SUFFIX, REFERENCE_SUFFIX) if name.endswith(s)), None)
+            suffix = next((s for s in _VERSION_FILES if name.endswith(s)), None)
             if suffix is None:
                 continue
             stem = name[: -len(suffix)]
@@ -527,7 +674,10 @@ class ModelStore:
         if fd is None:
             return False
         try:
-            path.unlink(missing_ok=True)
+            if os.path.isdir(path):  # a workspace
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         finally:
             os.close(fd)
         return True
@@ -535,6 +685,22 @@ class ModelStore:
 
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def file_digest(file: IO[bytes] | str | Path) -> dict[str, Any]:
+    """Return {"sha256", "size"} of an open file (read from its start) or a path, read in chunks:
+    no copy of a large file is kept."""
+    if isinstance(file, (str, Path)):
+        with open(file, "rb") as opened:
+            return file_digest(opened)
+    digest, size = hashlib.sha256(), 0
+    file.seek(0)
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    while read := file.readinto(buffer):
+        digest.update(view[:read])
+        size += read
+    return {"sha256": digest.hexdigest(), "size": size}
 
 
 def upload_id(sha256: str, created_at: str) -> str:

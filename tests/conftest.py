@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from nexus import create_app
+from nexus.store import CHANGES_FILE, SERVING_SUFFIX, SERVING_WEIGHTS_SUFFIX
 from tests import models
 
 TOKEN = "s3cret-token"
@@ -62,8 +63,16 @@ def upload_model(client):
 
 
 def files_in(directory: Path) -> list[str]:
-    """Every file in the directory, hidden ones included, sorted."""
-    return sorted(p.name for p in directory.iterdir())
+    """Every file in the directory, hidden ones included, sorted; the store's change log aside
+    (tests/test_store.py checks what it says)."""
+    return sorted(p.name for p in directory.iterdir() if p.name != CHANGES_FILE)
+
+
+def with_serving(names: list[str]) -> list[str]:
+    """``names`` with the serving form the server derives for each model file among them, sorted like files_in."""
+    derived = [f"{name.removesuffix('.onnx')}{suffix}" for name in names if name.endswith(".onnx")
+               for suffix in (SERVING_SUFFIX, SERVING_WEIGHTS_SUFFIX)]
+    return sorted([*names, *derived])
 
 
 @pytest.fixture(scope="session")

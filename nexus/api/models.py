@@ -17,8 +17,8 @@ bp = Blueprint("models", __name__)
 @bp.get("/models")
 def list_models():
     require_predict_token()
-    found = nexus().registry.defaults()
-    return json_response({"models": [{**model.summary(), "versions": entry.versions} for entry, model in found], "count": len(found)})
+    found = nexus().registry.catalogue()
+    return json_response({"models": [{**summary, "versions": entry.versions} for entry, summary in found], "count": len(found)})
 
 
 @bp.get("/models/info")

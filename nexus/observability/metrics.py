@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
+from nexus.config import MB
+
 METRICS_PATH = "/metrics"
 UNMATCHED = "<unmatched>"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -34,8 +36,15 @@ INFERENCE = Histogram(
     "model_inference_duration_seconds", "Time inside onnxruntime's run for one request, by model and version.",
     ["model_id", "version"], buckets=_INFERENCE_BUCKETS,
 )
-MODELS_LOADED = Gauge("models_loaded", "Models this server serves.", multiprocess_mode="livemostrecent")
+MODELS_LOADED = Gauge("models_loaded", "Models this server serves: open in the worker that last said (under a memory "
+                      "budget, each worker opens its own share).", multiprocess_mode="livemostrecent")
+MODELS_AVAILABLE = Gauge("models_available", "Models in the model directory that can be served, open or not.",
+                         multiprocess_mode="livemostrecent")
 MODEL_LOAD = Histogram("model_load_duration_seconds", "Time to read, check and open a model in one worker.", buckets=_LATENCY_BUCKETS)
+MODEL_LOADS = Counter("model_loads_total", "Model versions opened by a worker (at start, after a change, or on first use under a budget).")
+MODEL_EVICTIONS = Counter("model_evictions_total", "Model versions a worker closed to stay under NEXUS_MEMORY_BUDGET_MB.")
+MODELS_MEMORY = Gauge("models_memory_bytes", "What each worker holds of the models it has open, as measured at upload "
+                      "(the memory budget counts this); one series per worker.", multiprocess_mode="liveall")
 UPLOAD_BYTES = Counter("model_upload_bytes_total", "Bytes of models accepted by uploads.")
 
 
@@ -227,12 +236,22 @@ def monitoring_families(reports: Iterable[tuple[str, str, dict]]) -> list:
 
 
 # The registry reports to this module through these two functions (it knows nothing of Prometheus).
-def models_changed(count: int) -> None:
+def models_changed(count: int, memory_mb: float = 0.0) -> None:
     MODELS_LOADED.set(count)
+    MODELS_MEMORY.set(memory_mb * MB)
+
+
+def models_available(count: int) -> None:
+    MODELS_AVAILABLE.set(count)
 
 
 def model_loaded(seconds: float) -> None:
     MODEL_LOAD.observe(seconds)
+    MODEL_LOADS.inc()
+
+
+def models_evicted(count: int) -> None:
+    MODEL_EVICTIONS.inc(count)
 
 
 def upload_accepted(size: int) -> None:

@@ -130,7 +130,7 @@ def _explode(*args, **kwargs):
 
 
 def test_an_unexpected_error_in_a_view_is_a_500_that_leaks_nothing(app, client, monkeypatch):
-    monkeypatch.setattr(app.extensions["nexus"].registry, "defaults", _explode)
+    monkeypatch.setattr(app.extensions["nexus"].registry, "catalogue", _explode)
     response = client.get("/models")
     body = assert_error(response, 500, "internal_error", "internal server error")
     assert "secret" not in body["error"] and "Traceback" not in body["error"] and ".cc:" not in body["error"]

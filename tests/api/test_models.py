@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import models
-from tests.conftest import TOKEN, assert_error, files_in, strict_json, upload
+from tests.conftest import TOKEN, assert_error, files_in, with_serving, strict_json, upload
 
 
 def test_list_is_sorted_by_id_with_a_count(client, upload_model):
@@ -68,7 +68,7 @@ def test_delete_removes_both_files_and_the_model(client, upload_model, model_dir
     response = client.delete("/models/m")
     assert response.status_code == 200 and response.mimetype == "application/json"
     assert strict_json(response) == {"deleted": "m"}
-    assert files_in(model_dir) == ["keep.routing.json", "keep@v1.model_info.json", "keep@v1.onnx"]
+    assert files_in(model_dir) == with_serving(["keep.routing.json", "keep@v1.model_info.json", "keep@v1.onnx"])
     gone = client.post("/predict", json={"model_id": "m", "features": [1, 2, 3, 4]})
     assert_error(gone, 404, "model_not_found", "model 'm' is not registered")
     assert_error(client.get("/models/m"), 404, "model_not_found", "model 'm' is not registered")
@@ -92,7 +92,7 @@ def test_delete_twice_is_404_the_second_time(client, upload_model, model_dir):
     upload_model(models.identity(), "m")
     assert client.delete("/models/m").status_code == 200
     assert_error(client.delete("/models/m"), 404, "model_not_found", "model 'm' is not registered")
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
 
 
 def test_delete_needs_the_token_when_set(make_app, model_dir):
@@ -102,10 +102,10 @@ def test_delete_needs_the_token_when_set(make_app, model_dir):
     assert_error(refused, 401, "unauthorized", "Bearer")
     assert refused.headers["WWW-Authenticate"].startswith("Bearer")
     assert_error(client.delete("/models/m", headers={"Authorization": "Bearer wrong"}), 401, "unauthorized", "Bearer")
-    assert files_in(model_dir) == ["m.routing.json", "m@v1.model_info.json", "m@v1.onnx"]
+    assert files_in(model_dir) == with_serving(["m.routing.json", "m@v1.model_info.json", "m@v1.onnx"])
     assert client.post("/predict", json={"model_id": "m", "features": [1, 2, 3, 4]}).status_code == 200
     assert client.delete("/models/m", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
 
 
 def test_reads_stay_open_with_a_token_unless_predict_is_protected(make_app):
@@ -157,4 +157,4 @@ def test_models_stored_under_now_reserved_ids_are_served_where_they_can_be_named
     assert_error(client.delete("/models/info"), 405, "method_not_allowed", "method not allowed")
     assert_error(upload(client, models.identity(), "info"), 400, "bad_input", "id 'info' is reserved")
     assert client.get("/models/iris").get_json()["id"] == "iris"
-    assert files_in(model_dir) == before
+    assert files_in(model_dir) == with_serving(before)  # each derived its serving form

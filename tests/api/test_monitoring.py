@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nexus import create_app
 from nexus.monitoring import live, sketch
 from tests import models
-from tests.conftest import TOKEN, assert_error, files_in, metric, strict_json, wait_for
+from tests.conftest import TOKEN, assert_error, files_in, with_serving, metric, strict_json, wait_for
 
 MU = np.array([5.8, 3.0, 3.7, 1.2])  # per-feature means of the iris-like traffic
 IRIS_NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -129,7 +129,7 @@ def bucket_counts(tops) -> list[int]:
 
 def nothing_kept(client, app, model_dir: Path, model_id: str) -> None:
     """A refused upload leaves no file (model, sidecar, reference, temporary), no counts and no model."""
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
     assert_error(client.get(f"/models/{model_id}"), 404, "model_not_found", model_id)
     runtime = app.extensions["nexus"].registry.monitoring.directory
     assert not runtime.exists() or not [p for p in runtime.iterdir() if p.name.startswith(f"{model_id}@")]
@@ -144,7 +144,7 @@ def test_a_csv_reference_is_kept_as_a_sketch_named_by_its_header(app, client, mo
     data = csv_of(table, IRIS_NAMES)
     body = uploaded(client, iris_bytes, "iris", reference=data, filename="iris.csv")
     assert body["model"]["id"] == "iris"
-    assert files_in(model_dir) == ["iris.routing.json", "iris@v1.model_info.json", "iris@v1.onnx", "iris@v1.reference.json"]
+    assert files_in(model_dir) == with_serving(["iris.routing.json", "iris@v1.model_info.json", "iris@v1.onnx", "iris@v1.reference.json"])
 
     path = model_dir / "iris@v1.reference.json"
     text = path.read_text()
@@ -699,7 +699,7 @@ def test_deleting_removes_references_and_counts(app, client, model_dir, iris_byt
     assert report(client, "d", "v2")["windows"]["window"]["requests"] == 5
 
     assert client.delete("/models/d").status_code == 200
-    assert files_in(model_dir) == [] and not directories["v2"].exists()
+    assert files_in(model_dir) == with_serving([]) and not directories["v2"].exists()
     assert_error(client.get("/models/d/monitoring"), 404, "model_not_found", "d")
 
     # The same id and version uploaded again start from nothing.

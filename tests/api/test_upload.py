@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from tests import models
-from tests.conftest import TOKEN, assert_error, files_in, upload
+from tests.conftest import TOKEN, assert_error, files_in, with_serving, upload
 
 
 def test_upload_returns_201_with_model_and_tensor_info(client, model_dir, iris_bytes):
@@ -25,7 +25,7 @@ def test_upload_returns_201_with_model_and_tensor_info(client, model_dir, iris_b
         {"name": "output_label", "dtype": 7, "shape": [-1], "type": "tensor(int64)"},
         {"name": "output_probability", "dtype": 0, "shape": [], "type": "seq(map(int64,tensor(float)))"},
     ]
-    assert files_in(model_dir) == ["iris.routing.json", "iris@v1.0.0.model_info.json", "iris@v1.0.0.onnx"]
+    assert files_in(model_dir) == with_serving(["iris.routing.json", "iris@v1.0.0.model_info.json", "iris@v1.0.0.onnx"])
     assert (model_dir / "iris@v1.0.0.onnx").read_bytes() == iris_bytes
 
 
@@ -70,7 +70,7 @@ def test_missing_or_bad_fields_get_400_and_leave_nothing(client, model_dir, fiel
         data["file"] = (io.BytesIO(models.identity()), "m.onnx")
     response = client.post("/models/upload", data=data, content_type="multipart/form-data")
     assert_error(response, 400, "bad_input", words)
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_invalid_ids_get_400_and_leave_nothing(client, model_dir, bad_id, words)
     body = assert_error(response, 400, "bad_input", words)
     if bad_id:
         assert "1-64 characters of A-Z a-z 0-9 . _ -" in body["error"] or "limit" in body["error"]
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
     assert not any(model_dir.parent.glob("escape*"))
 
 
@@ -112,12 +112,12 @@ def test_an_id_naming_a_route_under_models_gets_400_and_changes_nothing(client, 
 def test_valid_ids_are_accepted_as_given(client, model_dir, good_id):
     response = upload(client, models.identity(), good_id)
     assert response.status_code == 201 and response.get_json()["model"]["id"] == good_id
-    assert files_in(model_dir) == [f"{good_id}.routing.json", f"{good_id}@v1.model_info.json", f"{good_id}@v1.onnx"]
+    assert files_in(model_dir) == with_serving([f"{good_id}.routing.json", f"{good_id}@v1.model_info.json", f"{good_id}@v1.onnx"])
 
 
 def test_empty_file_is_refused(client, model_dir):
     assert_error(upload(client, b"", "m"), 400, "bad_input", "empty")
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_files_that_are_not_models_get_400_invalid_model(client, model_dir, data
     response = upload(client, data, "m")
     assert_error(response, 400, "invalid_model", words)
     assert "Traceback" not in response.get_json()["error"] and ".cc:" not in response.get_json()["error"]
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
 
 
 def test_a_model_onnxruntime_cannot_load_is_refused_with_its_reason(client, model_dir):
@@ -140,7 +140,7 @@ def test_a_model_onnxruntime_cannot_load_is_refused_with_its_reason(client, mode
     data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
     response = upload(client, data, "weird")
     assert_error(response, 400, "invalid_model", "NoSuchOp")
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
 
 
 def test_external_data_models_are_refused(client, model_dir, iris_bytes):
@@ -157,7 +157,7 @@ def test_same_id_and_version_twice_returns_409_and_keeps_first(client, model_dir
     routing = (model_dir / "m.routing.json").read_bytes()
     assert_error(upload(client, models.linear(seed=2)[0], "m", name="Second", version="1"), 409, "version_exists",
                  "model 'm' already has version '1', and versions never change")
-    assert files_in(model_dir) == ["m.routing.json", "m@1.model_info.json", "m@1.onnx"]
+    assert files_in(model_dir) == with_serving(["m.routing.json", "m@1.model_info.json", "m@1.onnx"])
     assert (model_dir / "m@1.onnx").read_bytes() == first and (model_dir / "m@1.model_info.json").read_bytes() == sidecar
     assert (model_dir / "m.routing.json").read_bytes() == routing
     prediction = client.post("/predict", json={"model_id": "m", "features": [1, 0, 0, 0]}).get_json()["prediction"]
@@ -173,7 +173,7 @@ def test_same_id_and_version_twice_returns_409_and_keeps_first(client, model_dir
 def test_a_body_that_is_not_multipart_gets_415(client, model_dir, kwargs, words):
     response = client.post("/models/upload", **kwargs)
     assert_error(response, 415, "unsupported_media_type", words)
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
 
 
 def test_upload_over_the_limit_gets_413_and_is_not_kept(make_app, model_dir):
@@ -182,7 +182,7 @@ def test_upload_over_the_limit_gets_413_and_is_not_kept(make_app, model_dir):
     assert len(data) > 20 * 1024
     response = upload(client, data, "big")
     assert_error(response, 413, "too_large", "over the limit of 0.01 MB")
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
     assert client.get("/models").get_json()["count"] == 0
 
 
@@ -199,9 +199,9 @@ def test_token_is_required_for_upload_when_set(make_app, model_dir, header, stat
     if status == 401:
         assert_error(response, 401, "unauthorized", "Bearer")
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-        assert files_in(model_dir) == []
+        assert files_in(model_dir) == with_serving([])
     else:
-        assert files_in(model_dir) == ["m.routing.json", "m@v1.model_info.json", "m@v1.onnx"]
+        assert files_in(model_dir) == with_serving(["m.routing.json", "m@v1.model_info.json", "m@v1.onnx"])
 
 
 def test_a_flood_of_file_parts_is_refused_and_leaves_nothing(client, model_dir):
@@ -209,14 +209,14 @@ def test_a_flood_of_file_parts_is_refused_and_leaves_nothing(client, model_dir):
     data.update({"id": "m", "name": "n", "version": "v"})
     response = client.post("/models/upload", data=data, content_type="multipart/form-data")
     assert_error(response, 413, "too_large", "too many parts (at most 16)")
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
 
 
 def test_extra_file_parts_are_not_kept(client, model_dir):
     data = {"file": (io.BytesIO(models.identity()), "m.onnx"), "spare": (io.BytesIO(b"junk"), "junk.bin"),
             "id": "m", "name": "n", "version": "v"}
     assert client.post("/models/upload", data=data, content_type="multipart/form-data").status_code == 201
-    assert files_in(model_dir) == ["m.routing.json", "m@v.model_info.json", "m@v.onnx"]
+    assert files_in(model_dir) == with_serving(["m.routing.json", "m@v.model_info.json", "m@v.onnx"])
 
 
 def _fail_with(code):
@@ -238,7 +238,7 @@ def test_a_full_disk_while_streaming_gets_507_and_leaves_nothing(client, model_d
     monkeypatch.setattr(PendingFile, "__init__", init_then_fill_up)
     response = upload(client, models.identity(), "m")
     assert_error(response, 507, "storage_full", "full")
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
 
 
 def test_a_full_disk_while_publishing_leaves_nothing(client, model_dir, monkeypatch):
@@ -253,7 +253,7 @@ def test_a_full_disk_while_publishing_leaves_nothing(client, model_dir, monkeypa
 
     monkeypatch.setattr(store.ModelStore, "_write_json", sidecar_fails)
     assert_error(upload(client, models.identity(), "m"), 507, "storage_full", "full")
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
 
 
 def test_a_read_only_model_directory_gets_a_clear_500(client, model_dir, monkeypatch, upload_model):
@@ -263,7 +263,7 @@ def test_a_read_only_model_directory_gets_a_clear_500(client, model_dir, monkeyp
     monkeypatch.setattr(store, "_lock_path", _fail_with(errno.EROFS))
     assert_error(upload(client, models.identity(), "m"), 500, "storage_not_writable", "not writable")
     assert_error(client.delete("/models/kept"), 500, "storage_not_writable", "not writable")
-    assert files_in(model_dir) == ["kept.routing.json", "kept@v1.model_info.json", "kept@v1.onnx"]
+    assert files_in(model_dir) == with_serving(["kept.routing.json", "kept@v1.model_info.json", "kept@v1.onnx"])
 
 
 def _has_locale(name: str) -> bool:
@@ -285,4 +285,4 @@ def test_a_text_model_naming_a_missing_locale_gets_400_saying_what_to_do(client,
     response = upload(client, models.tfidf_classifier(locale="xx_XX.UTF-8"), "text")
     body = assert_error(response, 400, "invalid_model", "needs the locale 'xx_XX.UTF-8'")
     assert "locale-gen" in body["error"] and "skl2onnx" in body["error"]
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])

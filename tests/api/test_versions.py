@@ -14,7 +14,7 @@ import pytest
 from nexus import create_app
 from nexus.routing import bucket
 from tests import models
-from tests.conftest import TOKEN, assert_error, files_in, metric, upload
+from tests.conftest import TOKEN, assert_error, files_in, with_serving, metric, upload
 
 DEMO = Path(__file__).resolve().parents[2] / "models"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -66,7 +66,7 @@ def put_routing(client, document, model_id: str = "m", headers=None):
 
 def files(model_id: str, *versions: str) -> list[str]:
     """The files a model with these versions has in the directory."""
-    return sorted([f"{model_id}.routing.json"] + [f"{model_id}@{v}{s}" for v in versions for s in (".model_info.json", ".onnx")])
+    return with_serving([f"{model_id}.routing.json"] + [f"{model_id}@{v}{s}" for v in versions for s in (".model_info.json", ".onnx")])
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_invalid_versions_get_400_and_leave_nothing(client, model_dir, upload_mo
     body = assert_error(upload(client, models.identity(), "m", version=version), 400, "bad_input", words)
     if version.strip() and len(version) <= 64:
         assert "A-Z a-z 0-9 . _ + -" in body["error"]
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
     # Nor is anything left next to an existing model.
     upload_model(models.identity(), "m", version="v1")
     before = files_in(model_dir)
@@ -362,7 +362,7 @@ def test_routing_of_an_unknown_model_is_404(client, model_dir):
     assert_error(put_routing(client, {}, "ghost"), 404, "model_not_found", "model 'ghost' is not registered")
     assert_error(client.get("/models/ghost/routing"), 404, "model_not_found", "model 'ghost' is not registered")
     assert_error(client.get("/models/ghost/versions"), 404, "model_not_found", "model 'ghost' is not registered")
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
 
 
 def test_put_routing_needs_the_token_when_set(make_app, model_dir):
@@ -562,7 +562,7 @@ def test_deleting_the_model_removes_every_version_and_the_routing(three, model_d
     assert three.get("/models/m/routing").get_json()["routing"] == {"default": None, "canary": {}, "shadow": {}}
     three.delete("/models/m")
     three.delete("/models/keep")
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
 
 
 # -- V2 -------------------------------------------------------------------------------------------
@@ -690,7 +690,7 @@ def test_a_model_stored_by_the_previous_release_answers_as_its_version(old_iris,
     view = old_iris.get("/models/iris/versions/v1.0.0").get_json()
     assert view["path"] == "models/iris.onnx" and view["state"] == "READY" and view["traffic_percent"] == 100.0
     assert old_iris.post("/v2/repository/index").get_json() == [{"name": "iris", "version": "v1.0.0", "state": "READY"}]
-    assert files_in(model_dir) == ["iris.model_info.json", "iris.onnx"]  # reading writes nothing
+    assert files_in(model_dir) == with_serving(["iris.model_info.json", "iris.onnx"])  # reading writes nothing
     assert {name: (model_dir / name).read_bytes() for name in old} == old
 
 
@@ -698,13 +698,13 @@ def test_a_new_version_of_an_old_model(old_iris, model_dir, iris_bytes):
     old = {name: (model_dir / name).read_bytes() for name in ("iris.onnx", "iris.model_info.json")}
     assert_error(upload(old_iris, iris_bytes, "iris", version="v1.0.0"), 409, "version_exists",
                  "model 'iris' already has version 'v1.0.0'")
-    assert files_in(model_dir) == ["iris.model_info.json", "iris.onnx"]
+    assert files_in(model_dir) == with_serving(["iris.model_info.json", "iris.onnx"])
 
     response = upload(old_iris, iris_bytes, "iris", name="Iris 2", version="v2.0.0")
     assert response.status_code == 201, response.get_json()
     assert response.headers["Location"] == "/models/iris/versions/v2.0.0"
-    assert files_in(model_dir) == ["iris.model_info.json", "iris.onnx", "iris.routing.json",
-                                   "iris@v2.0.0.model_info.json", "iris@v2.0.0.onnx"]
+    assert files_in(model_dir) == with_serving(["iris.model_info.json", "iris.onnx", "iris.routing.json",
+                                   "iris@v2.0.0.model_info.json", "iris@v2.0.0.onnx"])
     assert json.loads((model_dir / "iris@v2.0.0.model_info.json").read_text())["sequence"] == 1
     assert old_iris.get("/models/iris").get_json()["versions"] == ["v1.0.0", "v2.0.0"]
     assert answered(predict(old_iris, "iris", features=IRIS_SETOSA)) == "v2.0.0"
@@ -722,7 +722,7 @@ def test_a_new_version_of_an_old_model(old_iris, model_dir, iris_bytes):
     # And the old version can go once the new one is the default.
     assert put_routing(old_iris, {}, "iris").status_code == 200
     assert old_iris.delete("/models/iris/versions/v1.0.0").status_code == 200
-    assert files_in(model_dir) == ["iris.routing.json", "iris@v2.0.0.model_info.json", "iris@v2.0.0.onnx"]
+    assert files_in(model_dir) == with_serving(["iris.routing.json", "iris@v2.0.0.model_info.json", "iris@v2.0.0.onnx"])
     assert answered(predict(old_iris, "iris", features=IRIS_SETOSA)) == "v2.0.0"
     assert_error(predict(old_iris, "iris", features=IRIS_SETOSA, version="v1.0.0"), 404, "version_not_found",
                  "model 'iris' has no version 'v1.0.0'; its versions are 'v2.0.0'")
@@ -731,5 +731,5 @@ def test_a_new_version_of_an_old_model(old_iris, model_dir, iris_bytes):
 def test_deleting_an_old_model_with_a_new_version_removes_everything(old_iris, model_dir, iris_bytes):
     assert upload(old_iris, iris_bytes, "iris", version="v2.0.0").status_code == 201
     assert old_iris.delete("/models/iris").status_code == 200
-    assert files_in(model_dir) == []
+    assert files_in(model_dir) == with_serving([])
     assert_error(predict(old_iris, "iris", features=IRIS_SETOSA), 404, "model_not_found", "model 'iris' is not registered")

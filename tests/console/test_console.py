@@ -19,7 +19,7 @@ from nexus.errors import (
     ModelTooLarge,
 )
 from tests import models
-from tests.conftest import TOKEN, files_in
+from tests.conftest import TOKEN, files_in, with_serving
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -168,7 +168,7 @@ def test_delete_asks_first_then_removes_the_model(page, server, tmp_path):
     page.click("#delete")
     page.click("#confirm-yes")
     page.wait_for_selector("#models tbody tr[data-id='temporary']", state="detached")
-    assert [f for f in files_in(server.model_dir) if f.startswith("temporary")] == []
+    assert [f for f in files_in(server.model_dir) if f.startswith("temporary")] == with_serving([])
     assert page.is_hidden("#panel")
 
 
@@ -235,7 +235,7 @@ def test_a_server_with_a_token(browser, tmp_path):
         page.click("#delete")
         page.click("#confirm-yes")
         page.wait_for_selector("#models tbody tr[data-id='guarded']", state="detached")
-        assert [f for f in files_in(server.model_dir) if f.startswith("guarded")] == []
+        assert [f for f in files_in(server.model_dir) if f.startswith("guarded")] == with_serving([])
         page.screenshot(path=str(tmp_path / "token.png"), full_page=True)
         context.close()
         assert_same_origin(page, server)
@@ -533,7 +533,7 @@ def test_versions_routing_a_pinned_prediction_and_deleting_a_version(page, serve
     assert version_rows(page) == {"v1": ["READY", "100%", "0%", "default"]}
     assert page.is_hidden("#routing") and page.is_visible("#routing-single")
     assert page.input_value("#predict-version") == "" and "version" not in json.loads(page.input_value("#request"))
-    assert [f for f in files_in(server.model_dir) if f.startswith("duo")] == ["duo.routing.json", "duo@v1.model_info.json", "duo@v1.onnx"]
+    assert [f for f in files_in(server.model_dir) if f.startswith("duo")] == with_serving(["duo.routing.json", "duo@v1.model_info.json", "duo@v1.onnx"])
     assert requests.get(server.url("/models/duo/versions"), timeout=10).json()["default"] == "v1"
 
     # a new version of the same id through the upload form: accepted, and the routing (v1 the default) gives it nothing yet

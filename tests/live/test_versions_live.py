@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests import models
-from tests.conftest import files_in
+from tests.conftest import files_in, with_serving
 from tests.live.server import CLOSE, ROOT, LiveServer, metric_samples, total
 
 TIMEOUT = 30  # per request: the machine is small and shared; totals are bounded by the loops below
@@ -475,8 +475,8 @@ def test_a_routed_version_cannot_be_deleted_and_an_unrouted_one_goes_from_both_r
         for server in replicas:
             assert listed_versions(server, "pruned") == ["v2"]
             assert get(server, "/models/pruned").json()["versions"] == ["v2"]
-    assert [n for n in files_in(directory) if n.startswith("pruned")] == [
-        "pruned.routing.json", "pruned@v2.model_info.json", "pruned@v2.onnx"]
+    assert [n for n in files_in(directory) if n.startswith("pruned")] == with_serving([
+        "pruned.routing.json", "pruned@v2.model_info.json", "pruned@v2.onnx"])
     for index in (0, 1):
         assert answered_by(outcome(index, ask(replicas[index], "pruned", features), 0), model, features) == "v2"
     # The last version is never deleted on its own (DELETE /models/pruned does that).
@@ -548,12 +548,16 @@ def test_a_model_directory_of_the_previous_release_is_served_and_takes_new_versi
         assert response.status_code == 200
         assert response.json()["model_version"] == "v1.0.0" and response.json()["prediction"] == [0]
 
-    # The old files are where they were, as they were. A sidecar without a load check gets the record
-    # of the check added (the registry measures unmeasured bytes once, in the sandbox) and nothing else.
+    # The old files are where they were, as they were. A sidecar without a load check, or without a
+    # serving form, gets the record of the check added (the registry measures unmeasured bytes once,
+    # in the sandbox, and derives their serving form) and nothing else.
     after = snapshot(directory)
-    for name in ("legacy.onnx", "legacy.model_info.json", "bare.onnx"):
+    for name in ("legacy.onnx", "bare.onnx"):
         assert after[name] == before[name], name
-    sidecar = json.loads((directory / "bare.model_info.json").read_text())
-    assert {k: v for k, v in sidecar.items() if k != "load_check"} == old["sidecars"]["bare"]
-    assert sidecar["load_check"]["sha256"] == old["sidecars"]["bare"]["sha256"]
-    assert set(after) == set(before) | {"legacy.routing.json", "legacy@v2.onnx", "legacy@v2.model_info.json"}
+    for key in ("legacy", "bare"):
+        sidecar = json.loads((directory / f"{key}.model_info.json").read_text())
+        assert {k: v for k, v in sidecar.items() if k != "load_check"} == {k: v for k, v in old["sidecars"][key].items() if k != "load_check"}
+        assert sidecar["load_check"]["sha256"] == old["sidecars"][key]["sha256"]
+        assert "graph" in sidecar["load_check"]["serving"]
+    assert set(after) == set(before) | set(with_serving(["legacy.routing.json", "legacy@v2.onnx", "legacy@v2.model_info.json",
+                                                         "legacy.onnx", "bare.onnx"]))
