@@ -21,7 +21,6 @@ sandbox by whichever worker takes its model's claim, and the record is written t
 
 from __future__ import annotations
 
-import gc
 import itertools
 import logging
 import os
@@ -206,7 +205,7 @@ class Registry:
         self._unexplained: tuple[int, int] | None = None  # a directory stamp the log did not explain at the last poll
         self._full_due = 0.0  # when the loader reads the whole directory again whatever the log says
         self._trust_after_ns = 0
-        self._pid: int | None = None
+        self._pid: int | None = os.getpid()  # the process whose sessions these are (a fork starts over)
         self._failed: dict[str, tuple[tuple[int, ...] | None, str]] = {}  # key -> (signature, reason)
         self._known: dict[str, _Seen] = {}  # key -> what its sidecar says, read once per change
         self._routings: dict[str, tuple[tuple[int, ...] | None, Routing]] = {}  # model id -> (document's identity, routing)
@@ -396,6 +395,8 @@ class Registry:
             if model is not None:
                 return model
             with self._lock:
+                if key in self._models:
+                    continue  # opened by another thread since the look above
                 opening = self._opening.get(key)
                 mine = opening is None
                 if mine:
@@ -457,8 +458,7 @@ class Registry:
             self._observer.models_evicted(len(closing))
         log.info("models closed to stay under the memory budget",
                  extra={"keys": closing, "freed_mb": round(freed, 1), "held_mb": round(held, 1), "budget_mb": self.budget_mb})
-        del models
-        gc.collect()  # a session holds reference cycles through its options: free it now, not at some later collection
+        del models  # a closed session is freed here, or when the last request running it ends
         trim_heap()
 
     def _wait(self, loaded: threading.Event, seconds: float) -> bool:
@@ -594,6 +594,14 @@ class Registry:
             self._routings = {k: v for k, v in self._routings.items() if k in entries}
             self._unloaded = frozenset(unloaded)
             with self._lock:
+                now = self._models
+                if now is not current:  # opened or closed meanwhile (on demand, under a budget): keep that
+                    signatures = {v.key: v.signature for m in stored for v in m.versions}
+                    for key, model in now.items():
+                        if current.get(key) is not model and (kept(key) or signatures.get(key, ()) == model.signature):
+                            fresh[key] = model
+                    for key in current.keys() - now.keys():
+                        fresh.pop(key, None)
                 self._models, self._pending, self._entries = fresh, wanted, entries
             for key, (_, done) in pending.items():
                 if key not in wanted:
@@ -706,13 +714,14 @@ class Registry:
                 if sidecar.get("sha256") != digest:
                     raise ValueError("the .onnx file does not match the sha256 in its sidecar" if "sha256" in sidecar
                                      else "the sidecar does not name the model's sha256, so its file cannot be verified")
-                record, reason, shared = self._admit(key, sidecar, digest, file)
+                record, reason, shared, rewritten = self._admit(key, sidecar, digest, file)
                 if reason is not None:
                     raise ValueError(reason)
                 if before_open is not None:
                     before_open(_memory_mb(record, shared))
                 runtime = self._runtime(key, shared, file)
-            model = self._model(key, sidecar, found["size"], digest, runtime, signature, record)
+            # The sidecar this worker rewrote is the one it serves: the next look must not take it for a change.
+            model = self._model(key, sidecar, found["size"], digest, runtime, rewritten or signature, record)
         except _Busy:
             raise
         except FileNotFoundError:  # deleted between the directory's listing and this read: not an error
@@ -729,9 +738,11 @@ class Registry:
         log.info("model loaded", extra={"model_id": model_id, "version": model.version, "load_ms": round(seconds * 1000, 2)})
         return model
 
-    def _admit(self, key: str, sidecar: dict[str, Any], digest: str, file: IO[bytes]) -> tuple[dict[str, Any], str | None, bool]:
-        """Return the version's load check, why it may not be served (None if it may), and whether its
-        serving form is in place and verified (False: it is served from its bytes, as its record says).
+    def _admit(self, key: str, sidecar: dict[str, Any], digest: str,
+               file: IO[bytes]) -> tuple[dict[str, Any], str | None, bool, tuple[int, ...] | None]:
+        """Return the version's load check, why it may not be served (None if it may), whether its
+        serving form is in place and verified (False: it is served from its bytes, as its record says),
+        and the version's signature when this call rewrote its sidecar (else None).
 
         Without a record of these bytes, or without a serving form that matches its record and this
         onnxruntime, measure them in the sandbox and derive the form again under the model's claim,
@@ -739,13 +750,13 @@ class Registry:
         """
         decided = self._decided(key, sidecar, digest)
         if decided is not None:
-            return decided
+            return (*decided, None)
         try:
             with self.store.claim(model_of(key)):
                 current = self.store.read_sidecar(key)
                 decided = self._decided(key, current, digest)  # another worker may have done it while we waited
                 if decided is not None:
-                    return decided
+                    return (*decided, None)
                 with self.store.workspace() as workspace:
                     try:
                         record = sandbox.check(file.fileno(), digest, self.limits, self._serving_in(workspace, key))
@@ -761,7 +772,7 @@ class Registry:
                         self.store.rewrite_sidecar(key, {**current, "load_check": record})
                 log.info("model checked", extra={"model_id": model_of(key), "key": key, "load_check": record})
                 reason = sandbox.verdict(record, digest, self.limits)
-                return record, reason, reason is None and self._serving_state(key, record) is True
+                return record, reason, reason is None and self._serving_state(key, record) is True, self.store.signature(key)
         except ModelBusy:
             raise _Busy() from None
 
@@ -929,6 +940,9 @@ class Registry:
             signature = self.store.signature(key)
         model = replace(model, signature=signature)
         self._swap(lambda models: models.__setitem__(key, model))
+        if self.budget_mb is not None:
+            self._used[key] = next(self._ticks)
+            self._evict(0, key)
         log.info("model uploaded", extra={"model_id": model_id, "version": version, "size_bytes": model.size_bytes,
                                           "load_check": record})
         return model

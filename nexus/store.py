@@ -154,7 +154,10 @@ def _lock_path(path: Path, create: bool) -> int | None:
         try:
             fd = os.open(path, flags, 0o644)
         except IsADirectoryError:  # a workspace: a directory locks the same way, opened for reading
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:  # a clean-up took it before we could lock it
+                return None
         except FileNotFoundError:
             if create:  # only a missing directory makes creating a file in it fail this way
                 raise StorageUnavailable() from None

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from nexus.onnx_scan import ProtobufError, uses_external_data
+from nexus.onnx_scan import ProtobufError, external_locations, uses_external_data
 from tests import hostile_models as hostile
 from tests import models
 
@@ -212,3 +212,59 @@ def test_a_model_cut_short_raises_protobuf_error(fraction):
     with pytest.raises(ProtobufError):
         uses_external_data(data[: int(len(data) * fraction)])
 
+
+
+# -- external_locations: which files a graph names --------------------------------------------------
+
+
+def _initializers_at(*locations: str | None) -> bytes:
+    """A graph whose initializers W0, W1... are external data at ``locations`` in turn (None: no location entry)."""
+    tensors = [hostile.external_tensor(f"W{i}", location or "", 16, entries=location is not None)
+               for i, location in enumerate(locations)]
+    nodes = [helper.make_node("Identity", [t.name], [f"Y{i}"]) for i, t in enumerate(tensors)]
+    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info(f"Y{i}", TensorProto.UINT8, [16])
+                                               for i in range(len(tensors))], tensors)
+    return helper.make_model(graph, opset_imports=hostile.OPSET).SerializeToString()
+
+
+def test_external_locations_of_a_model_with_embedded_tensors_is_empty(iris_bytes):
+    assert external_locations(models.mlp()) == set()
+    assert external_locations(models.slow_loop(16)) == set()
+    assert external_locations(iris_bytes) == set()
+
+
+def test_external_locations_names_the_one_file():
+    assert external_locations(hostile.external_initializer("w.bin")) == {"w.bin"}
+    assert external_locations(hostile.external_entries_only("../w.bin")) == {"../w.bin"}
+
+
+def test_external_locations_names_every_file_once():
+    data = _initializers_at("a.bin", "b.bin", "a.bin", "/etc/passwd")
+    assert external_locations(data) == {"a.bin", "b.bin", "/etc/passwd"}
+    first = external_locations(data, first=True)
+    assert len(first) == 1 and first <= {"a.bin", "b.bin", "/etc/passwd"}
+
+
+def test_an_external_tensor_without_a_location_is_named_as_the_empty_string():
+    assert external_locations(hostile.external_location_only("ignored")) == {""}
+    assert external_locations(_initializers_at(None, "w.bin")) == {"", "w.bin"}
+
+
+@pytest.mark.parametrize(("build", "where"), [
+    (hostile.external_in_subgraph, "an If's branches"),
+    (hostile.external_in_graphs_attribute, "a GRAPHS attribute"),
+    (hostile.external_in_tensors_attribute, "a TENSORS attribute"),
+    (hostile.external_constant, "a Constant's value"),
+    (hostile.external_sparse_initializer, "a sparse initializer"),
+    (hostile.external_function_default, "a function's attribute default"),
+    (hostile.external_in_training_info, "training info"),
+])
+def test_external_locations_finds_nested_tensors(build, where):
+    assert external_locations(build("nested.bin", 16)) == {"nested.bin"}, where
+
+
+def test_external_locations_refuses_malformed_and_ort_format_bytes():
+    with pytest.raises(ProtobufError):
+        external_locations(MALFORMED["deeply_nested_truncated_varint"])
+    with pytest.raises(ProtobufError, match="ORT-format"):
+        external_locations(b"\x1c\x00\x00\x00ORTM" + b"\x00" * 16)

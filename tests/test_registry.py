@@ -23,11 +23,11 @@ def workers(model_dir):
     return Registry(ModelStore(model_dir), 1), Registry(ModelStore(model_dir), 1)
 
 
-def publish(registry: Registry, model_id: str, data: bytes):
+def publish(registry: Registry, model_id: str, data: bytes, version: str = "1"):
     pending = registry.store.new_pending()
     pending.file.write(data)
     try:
-        return registry.upload(model_id, model_id, "1", pending)
+        return registry.upload(model_id, model_id, version, pending)
     finally:
         pending.discard()
 
