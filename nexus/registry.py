@@ -64,6 +64,7 @@ RACY_NS = 2_000_000_000
 SIDECAR_FORMAT = 2  # 2: versions (the sidecar's "sequence" orders them); 1 had none
 LOADER_POLL_S = 1.0  # the loader looks at the directory this often even when no request comes
 CLEAN_EVERY_S = 30.0  # and removes leftovers of dead writers (another replica's, say) this often
+_DIGESTS_KEPT = 10_000  # file digests remembered (three files a version)
 FULL_REREAD_S = 60.0  # and reads the whole directory this often, for changes no log or timestamp showed
 _NO_ROUTING = Routing()
 
@@ -194,6 +195,7 @@ class Registry:
         self._ticks = itertools.count()
         self._used: dict[str, int] = {}  # key -> tick of its last use (with a budget: which to close first)
         self._opening: dict[str, threading.Event] = {}  # key -> set when its load on demand ends
+        self._digests: dict[tuple[int, ...], dict[str, Any]] = {}  # a file's identity -> its sha256 and size
         self._models: dict[str, Model] = {}  # store key -> loaded version
         self._entries: dict[str, Entry] = {}  # model id -> its versions and routing
         self._pending: dict[str, tuple[tuple[int, ...] | None, threading.Event]] = {}  # key -> (signature, loaded)
@@ -709,7 +711,7 @@ class Registry:
                 raise ValueError("the .onnx file next to the sidecar is missing")
             sidecar = self.store.read_sidecar(key)
             with self.store.open_model(key) as file:
-                found = file_digest(file)
+                found = self._digest(file)
                 digest = found["sha256"]
                 if sidecar.get("sha256") != digest:
                     raise ValueError("the .onnx file does not match the sha256 in its sidecar" if "sha256" in sidecar
@@ -798,7 +800,7 @@ class Registry:
             return False
         graph, weights = self.store.serving_paths(key)
         try:
-            if file_digest(graph) != serving.get("graph") or file_digest(weights) != serving.get("weights"):
+            if self._digest(graph) != serving.get("graph") or self._digest(weights) != serving.get("weights"):
                 log.warning("serving form does not match its record; making it again", extra={"key": key})
                 return None
             check_serving_graph(graph.read_bytes(), weights.name)
@@ -809,6 +811,21 @@ class Registry:
             log.warning("serving form unusable; making it again", extra={"key": key, "reason": str(exc)})
             return None
         return True
+
+    def _digest(self, file: IO[bytes] | Path) -> dict[str, Any]:
+        """Return file_digest of an open file or a path, hashed once per file: a file whose inode, size
+        and change times are those of one hashed before is that file (the store replaces files, never
+        edits them; an edit in place moves the change time), so opening a version again after a
+        memory budget closed it does not read its weights again."""
+        st = os.fstat(file.fileno()) if not isinstance(file, Path) else os.stat(file)
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known = self._digests.get(identity)
+        if known is None:
+            known = file_digest(file)
+            if len(self._digests) >= _DIGESTS_KEPT:
+                self._digests.clear()
+            self._digests[identity] = known
+        return known
 
     def _serving_in(self, workspace: Path, key: str) -> sandbox.Serving | None:
         if not self.shared_weights:

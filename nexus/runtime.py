@@ -19,8 +19,8 @@ copies of its weights (and onnxruntime's pre-packed forms of them) in every work
 server derives a *serving form* of each upload once (:func:`derive`, run in the sandbox): the
 graph optimized the way a session would optimize it, with every initializer of 1 KiB or more,
 pre-packed ones included, in a separate weights file. A worker opens that form by path
-(:meth:`Runtime.serving`) without optimizing again; onnxruntime maps the weights file, so the
-page cache holds one copy that every worker shares.
+(``Runtime(None, ..., serving=path)``); onnxruntime maps the weights file, so the page cache
+holds one copy that every worker shares.
 """
 
 from __future__ import annotations
@@ -179,7 +179,10 @@ def session_options(threads: int, inference_memory_mb: float, from_bytes: bool =
 
     A session built from bytes resolves external data in an empty directory; one built from a
     serving form by path (``from_bytes`` False) resolves it next to the graph, where the server
-    wrote its weights file, and is not optimized again.
+    wrote its weights file. The form is already optimized; what the session still does at its
+    default level is what derive leaves out on purpose: the layout changes for the CPU it runs on
+    (convolutions in blocked NCHWc form), which keep convolution models at full speed at the cost
+    of a private copy of their convolution weights (measured: 14 % slower without them).
     """
     process = _process.ready(inference_memory_mb)
     options = ort.SessionOptions()
@@ -191,7 +194,6 @@ def session_options(threads: int, inference_memory_mb: float, from_bytes: bool =
         # A model built from bytes resolves external data here, and this directory stays empty.
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", process.empty_dir)
     else:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.add_session_config_entry("session.load_model_format", "ONNX")
     options.add_session_config_entry("session.use_env_allocators", "1")
     return options
