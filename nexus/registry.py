@@ -219,7 +219,7 @@ class Registry:
         self._loader_ident: int | None = None
         self.synced_once = False
         self._reported = False  # models_changed called at least once in this process
-        self._entries_seen: dict[str, Entry] | None = None  # the entries models_available was last told of
+        self._available: int | None = None  # what models_available was last told
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -545,7 +545,7 @@ class Registry:
                 self._failed = {}
                 self._pid = os.getpid()
                 self._reported = False
-                self._entries_seen = None
+                self._available = None
                 self._mark = None
                 follow = False
             changed: dict[str, set[str]] | None = None
@@ -608,15 +608,25 @@ class Registry:
             for key, (_, done) in pending.items():
                 if key not in wanted:
                     done.set()  # nobody waits for a version that went away
-            if self._observer is not None and (self._entries_seen is None or len(entries) != len(self._entries_seen)):
-                self._observer.models_available(len(entries))
-            self._entries_seen = entries
+            self._report_available()
             self._mark, self._stamp, self._unexplained = mark, stamp, None
             # A change within the timestamp's resolution of this look would not move the stamp.
             self._trust_after_ns = (stamp[1] + RACY_NS) if stamp else 0
             if not wanted:
                 self.synced_once = True
         self._changed(current, fresh)
+
+    def _report_available(self) -> None:
+        """Tell the observer how many models can answer, open or not: those whose default version has
+        not failed to load and is not unloaded (when it changed)."""
+        if self._observer is None:
+            return
+        failed, unloaded = self._failed, self._unloaded
+        count = sum(1 for entry in self._entries.values()
+                    if (key := entry.keys.get(entry.plan.default)) is not None and key not in failed and key not in unloaded)
+        if count != self._available:
+            self._available = count
+            self._observer.models_available(count)
 
     def _entry(self, stored: StoredModel, current: dict[str, Model], failed: dict) -> Entry:
         """Build one model's entry from the directory's listing; note versions whose sidecar is unusable in ``failed``."""
@@ -733,6 +743,7 @@ class Registry:
             reason = getattr(exc, "message", None) or str(exc)
             self._failed[key] = (signature, reason)
             log.warning("model skipped", extra={"model_id": model_id, "key": key, "reason": reason})
+            self._report_available()
             return None
         seconds = time.perf_counter() - started
         if self._observer is not None:

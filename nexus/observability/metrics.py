@@ -38,7 +38,8 @@ INFERENCE = Histogram(
 )
 MODELS_LOADED = Gauge("models_loaded", "Models this server serves: open in the worker that last said (under a memory "
                       "budget, each worker opens its own share).", multiprocess_mode="livemostrecent")
-MODELS_AVAILABLE = Gauge("models_available", "Models in the model directory that can be served, open or not.",
+MODELS_AVAILABLE = Gauge("models_available", "Models in the model directory that can answer, open or not (their default "
+                         "version neither failed to load nor is unloaded).",
                          multiprocess_mode="livemostrecent")
 MODEL_LOAD = Histogram("model_load_duration_seconds", "Time to read, check and open a model in one worker.", buckets=_LATENCY_BUCKETS)
 MODEL_LOADS = Counter("model_loads_total", "Model versions opened by a worker (at start, after a change, or on first use under a budget).")
