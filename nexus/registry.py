@@ -766,6 +766,8 @@ class Registry:
             return (*decided, None)
         try:
             with self.store.claim(model_of(key)):
+                if not self.store.is_current(key, file):  # deleted, or uploaded again, since we opened it
+                    raise FileNotFoundError(key)
                 current = self.store.read_sidecar(key)
                 decided = self._decided(key, current, digest)  # another worker may have done it while we waited
                 if decided is not None:

@@ -619,6 +619,10 @@ class ModelStore:
     def read_model(self, key: str) -> bytes:
         return self.model_path(key).read_bytes()
 
+    def is_current(self, key: str, file: IO[bytes]) -> bool:
+        """Tell whether the open ``file`` is still version ``key``'s model file (not one deleted or replaced since)."""
+        return _same_file(file.fileno(), self.model_path(key))
+
     def open_model(self, key: str) -> IO[bytes]:
         """Open a version's model file for reading (a replacement never changes an open file's bytes)."""
         return open(self.model_path(key), "rb")

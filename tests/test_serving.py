@@ -390,3 +390,22 @@ def test_clean_leftovers_removes_unheld_workspaces_and_orphan_serving_files_only
         assert files_in(model_dir) == sorted([held.name, *with_serving(["m.routing.json", "m@1.model_info.json", "m@1.onnx"])])
     assert not held.exists()  # a workspace is removed by its holder at the end
     assert_matches_record(model_dir)
+
+
+def test_a_worker_still_holding_a_deleted_upload_never_writes_its_form_over_the_new_one(model_dir):
+    """Deleted and uploaded again under the same id and version while a worker had the old file open:
+    that worker must not make a serving form of the old bytes for the new version."""
+    writer = Registry(ModelStore(model_dir), 1)
+    publish(writer, "m", models.mlp(seed=1))
+    with writer.store.open_model("m@1") as old:
+        digest = file_digest(old)["sha256"]
+        writer.delete("m")
+        publish(writer, "m", models.mlp(seed=2))
+        graph, weights = writer.store.serving_paths("m@1")
+        before = graph.read_bytes(), weights.read_bytes()
+        stale = Registry(ModelStore(model_dir), 1)
+        sidecar = stale.store.read_sidecar("m@1")
+        with pytest.raises(FileNotFoundError):
+            stale._admit("m@1", {**sidecar, "load_check": None}, digest, old)
+    assert (graph.read_bytes(), weights.read_bytes()) == before
+    assert stale.store.read_sidecar("m@1") == sidecar
