@@ -64,6 +64,7 @@ RACY_NS = 2_000_000_000
 SIDECAR_FORMAT = 2  # 2: versions (the sidecar's "sequence" orders them); 1 had none
 LOADER_POLL_S = 1.0  # the loader looks at the directory this often even when no request comes
 CLEAN_EVERY_S = 30.0  # and removes leftovers of dead writers (another replica's, say) this often
+MIN_MODEL_MB = 0.1  # what a budget counts for the smallest session (an open iris session holds about 90 kB)
 _DIGESTS_KEPT = 10_000  # file digests remembered (three files a version)
 FULL_REREAD_S = 60.0  # and reads the whole directory this often, for changes no log or timestamp showed
 _NO_ROUTING = Routing()
@@ -157,7 +158,8 @@ def _memory_mb(record: dict[str, Any] | None, shared: bool) -> float:
     weights and private memory when shared, else the peak of its load from bytes."""
     record = record or {}
     measured = record.get("serving", {}).get("resident_mb") if shared else record.get("peak_mb")
-    return float(measured) if isinstance(measured, (int, float)) and not isinstance(measured, bool) else 0.0
+    measured = float(measured) if isinstance(measured, (int, float)) and not isinstance(measured, bool) else 0.0
+    return max(measured, MIN_MODEL_MB)
 
 
 class _Seen(NamedTuple):
@@ -779,8 +781,13 @@ class Registry:
                         record = sandbox.refusal_record(exc, digest, self.limits)
                     earlier = self._recorded(current, digest)
                     if earlier is not None and earlier[1] is None and "serving" in record:
-                        # Only the serving form was made again: the measurement that admitted these bytes stands.
-                        record = {**record, **{k: earlier[0][k] for k in ("peak_mb", "seconds") if k in earlier[0]}}
+                        # Only the serving form was made again: the measurement that admitted these bytes stands,
+                        # and so does the form's record when the same files came out (a form lost, made again).
+                        kept = {k: earlier[0][k] for k in ("peak_mb", "seconds") if k in earlier[0]}
+                        before = earlier[0].get("serving")
+                        if isinstance(before, dict) and all(before.get(f) == record["serving"].get(f) for f in ("onnxruntime", "graph", "weights")):
+                            kept["serving"] = before
+                        record = {**record, **kept}
                     if "graph" in record.get("serving", {}):
                         self.store.publish_serving(key, workspace, {**current, "load_check": record})
                     else:
@@ -957,7 +964,10 @@ class Registry:
                 if not shared and self.shared_weights:
                     log.warning("model served from its bytes: no serving form",
                                 extra={"model_id": model_id, "version": version, "reason": record.get("serving", {}).get("error")})
+                opening = time.perf_counter()
                 runtime = self._runtime(key, shared, pending.file, workspace)
+                if self._observer is not None:
+                    self._observer.model_loaded(time.perf_counter() - opening)
                 sequence = 1 + max((sequence for _, sequence in stored.values()), default=0)
                 sidecar = {"name": name, "version": version, "created_at": utc_now(), "sequence": sequence,
                            "task": features.declared(runtime.outputs, *task).document()}

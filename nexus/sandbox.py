@@ -347,7 +347,7 @@ def _derive(data: bytes, serving: Serving, limits: Limits) -> dict[str, Any]:
         return _error(exc)
     files = {"graph": _file_record(graph), "weights": _file_record(weights)}
     resident_mb = private_mb + (files["graph"]["size"] + files["weights"]["size"]) / MB
-    return {**files, "resident_mb": round(resident_mb, 1)}
+    return {**files, "resident_mb": round(resident_mb, 3)}
 
 
 if __name__ == "__main__":

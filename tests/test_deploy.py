@@ -203,6 +203,8 @@ def exported_series() -> dict[str, frozenset[str] | None]:
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
             labels = frozenset(value._labelnames)
+            if getattr(value, "_multiprocess_mode", "") in ("all", "liveall"):
+                labels |= {"pid"}  # a gauge kept per process: the multiprocess collector labels each series with its pid
             kinds = _SAMPLES if value._type != "enum" else {"enum": (("", frozenset({value._name})),)}
             for suffix, extra in kinds[value._type]:
                 series[value._name + suffix] = labels | extra

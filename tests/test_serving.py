@@ -20,7 +20,7 @@ from nexus import sandbox
 from nexus.config import Settings
 from nexus.errors import InvalidModel
 from nexus.onnx_scan import external_locations
-from nexus.registry import Registry
+from nexus.registry import MIN_MODEL_MB, Registry
 from nexus.runtime import VERSION, Runtime, check_serving_graph, derive
 from nexus.store import ModelStore, file_digest
 from tests import models
@@ -106,7 +106,7 @@ def test_an_upload_writes_its_serving_form_read_only_and_records_it(client, app,
     assert set(sidecar(model_dir, "m@v1")["load_check"]) == {"sha256", "peak_mb", "seconds", "serving"}
     model = app.extensions["nexus"].registry.get("m")
     assert model.runtime.shared is True
-    assert model.memory_mb == record["resident_mb"]
+    assert model.memory_mb == max(record["resident_mb"], MIN_MODEL_MB)
 
 
 def test_the_session_keeps_no_copy_of_the_model_bytes(model_dir):
@@ -312,7 +312,7 @@ def test_a_record_with_an_error_is_served_from_bytes_without_rebuilding(model_di
     model = Registry(ModelStore(model_dir), 1).get("m")
     assert spy.checks == 0 and spy.opened == [None]
     assert model.runtime.shared is False and model.runtime.session._model_bytes is None
-    assert model.memory_mb == document["load_check"]["peak_mb"]  # what a load from bytes was measured to take
+    assert model.memory_mb == max(document["load_check"]["peak_mb"], MIN_MODEL_MB)  # what a load from bytes was measured to take
     assert files_in(model_dir) == ["m.routing.json", "m@1.model_info.json", "m@1.onnx"]
     np.testing.assert_allclose(model.runtime.run({"X": X16})[0], reference(models.mlp(), {"X": X16})[0], rtol=1e-5, atol=1e-5)
 
@@ -329,7 +329,7 @@ def test_with_shared_weights_off_an_upload_writes_no_serving_form_and_serves(mak
     assert "serving" not in sidecar(model_dir, "m@v1")["load_check"]
     model = app.extensions["nexus"].registry.get("m")
     assert model.runtime.shared is False and model.runtime.session._model_bytes is None
-    assert model.memory_mb == sidecar(model_dir, "m@v1")["load_check"]["peak_mb"]
+    assert model.memory_mb == max(sidecar(model_dir, "m@v1")["load_check"]["peak_mb"], MIN_MODEL_MB)
     answer = client.post("/predict", json={"model_id": "m", "inputs": {"X": X16.tolist()}})
     assert answer.status_code == 200, answer.get_json()
     np.testing.assert_allclose(np.asarray(answer.get_json()["outputs"]["Y"], np.float32), reference(models.mlp(), {"X": X16})[0],

@@ -21,6 +21,7 @@ import requests
 import yaml
 
 from tests.live.server import metric_samples, predict, running_prometheus, upload
+from tests.live.test_shared_weights_live import mlp
 from tests.test_deploy import ALERTS, DASHBOARD, PromQL, dashboard_queries
 
 PROMETHEUS = shutil.which("prometheus")
@@ -30,6 +31,7 @@ needs_prometheus = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is 
 
 GROUP = "model-nexus"
 IRIS = (5.1, 3.5, 1.4, 0.2)
+EVICTED = (16, 256, 256, 4)  # an MLP of 0.3 MB of float32 weights: measured above the budget of the eviction test
 # The series the server exports as soon as it has answered predictions, successes and errors:
 # every dashboard query on these alone must return something.
 TRAFFIC_SERIES = frozenset({
@@ -128,15 +130,39 @@ RULE_TESTS = [
             expect("ModelConfidenceDrop", f"{DAY + 120}m", [({"model_id": "busy", "version": "1"}, 0.5)]),
         ],
     },
-    {   # No models: every replica has none.
+    {   # No models: no replica has one that can answer.
         "interval": "1m",
-        "input_series": [series("models_loaded", "0x10", instance="a"), series("models_loaded", "0x10", instance="b")],
+        "input_series": [series("models_available", "0x10", instance="a"), series("models_available", "0x10", instance="b")],
         "alert_rule_test": [expect("NoModelsLoaded", "4m", []), expect("NoModelsLoaded", "6m", [({}, 0)])],
     },
     {   # One replica with models is enough.
         "interval": "1m",
-        "input_series": [series("models_loaded", "0x10", instance="a"), series("models_loaded", "1x10", instance="b")],
+        "input_series": [series("models_available", "0x10", instance="a"), series("models_available", "1x10", instance="b")],
         "alert_rule_test": [expect("NoModelsLoaded", "6m", [])],
+    },
+    {   # Under a memory budget no worker has a model open before its first request: none loaded, 3 available.
+        "interval": "1m",
+        "input_series": [
+            series("models_loaded", "0x10", instance="a"), series("models_loaded", "0x10", instance="b"),
+            series("models_available", "3x10", instance="a"), series("models_available", "3x10", instance="b"),
+        ],
+        "alert_rule_test": [expect("NoModelsLoaded", "6m", []), expect("NoModelsLoaded", "10m", [])],
+    },
+    {   # Evictions per minute, by replica: "a" 40, for 40 minutes; "b" and "d" 20 each (40 together, but the
+        # threshold is per replica); "c" 60 for 10 minutes only (past 30 over 10 minutes for about 10, short of 15).
+        "interval": "1m",
+        "input_series": [
+            series("model_evictions_total", "0+40x40", instance="a"),
+            series("model_evictions_total", "0+20x40", instance="b"),
+            series("model_evictions_total", "0x10 0+60x10 600x20", instance="c"),
+            series("model_evictions_total", "0+20x40", instance="d"),
+        ],
+        "alert_rule_test": [
+            expect("ModelEvictionsHigh", "7m", []),
+            expect("ModelEvictionsHigh", "22m", []),  # "a" past 30 since minute 8: pending
+            expect("ModelEvictionsHigh", "25m", [({"instance": "a"}, 40)]),
+            expect("ModelEvictionsHigh", "40m", [({"instance": "a"}, 40)]),
+        ],
     },
     {   # A replica down, in the nexus job only.
         "interval": "1m",
@@ -292,8 +318,8 @@ def test_prometheus_loads_and_evaluates_every_rule(prometheus):
 
 
 def test_no_models_loaded_stays_quiet_while_a_model_is_served(prometheus):
-    loaded = wait_for(lambda: vector(prometheus, "max(models_loaded) >= 1"), what="Prometheus to scrape models_loaded")
-    assert float(loaded[0]["value"][1]) >= 1
+    available = wait_for(lambda: vector(prometheus, "max(models_available) >= 1"), what="Prometheus to scrape models_available")
+    assert float(available[0]["value"][1]) >= 1
     seen = time.time()
     rule = wait_for(lambda: (r := group_rules(prometheus).get("NoModelsLoaded")) and evaluated_at(r) > seen and r,
                     what="an evaluation of NoModelsLoaded after the scrape")
@@ -306,18 +332,87 @@ def test_no_models_loaded_goes_pending_when_the_last_model_is_deleted(make_serve
         pytest.skip("prometheus is not installed (Debian package prometheus)")
     server = make_server(workers=1)  # the demo model only
     with running_prometheus(tmp_path / "prometheus", f"127.0.0.1:{server.port}", [ALERTS]) as url:
-        wait_for(lambda: vector(url, "max(models_loaded) == 1"), what="Prometheus to scrape models_loaded 1")
+        wait_for(lambda: vector(url, "max(models_available) == 1"), what="Prometheus to scrape models_available 1")
         assert requests.delete(server.url("/models/iris"), timeout=10).status_code == 200
-        wait_for(lambda: vector(url, "max(models_loaded) == 0"), what="Prometheus to scrape models_loaded 0")
+        wait_for(lambda: vector(url, "max(models_available) == 0"), what="Prometheus to scrape models_available 0")
         alerts = wait_for(lambda: active_alerts(url, "NoModelsLoaded"), what="NoModelsLoaded to go pending")
         assert [alert["state"] for alert in alerts] == ["pending"]  # it fires after 5 minutes of this
 
 
-def test_a_server_that_starts_without_models_exports_models_loaded_0(make_server, tmp_path):
+def test_a_server_that_starts_without_models_exports_models_available_and_loaded_0(make_server, tmp_path):
     (tmp_path / "empty").mkdir()
     server = make_server(model_dir=tmp_path / "empty", workers=1)
     time.sleep(1.5)  # the loader has looked at the directory
-    assert metric_samples(server).get(("models_loaded", frozenset())) == 0
+    samples = metric_samples(server)
+    assert samples.get(("models_available", frozenset())) == 0
+    assert samples.get(("models_loaded", frozenset())) == 0
+
+
+def test_no_models_loaded_stays_quiet_under_a_memory_budget_before_any_request(make_server, tmp_path):
+    """Under NEXUS_MEMORY_BUDGET_MB a worker opens a model on its first request: before one, every replica has
+    models_loaded 0 (what the rule read before), but the demo model is available, so NoModelsLoaded stays quiet."""
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (Debian package prometheus)")
+    server = make_server(workers=2, env={"NEXUS_MEMORY_BUDGET_MB": "64"})
+    with running_prometheus(tmp_path / "prometheus", f"127.0.0.1:{server.port}", [ALERTS]) as url:
+        wait_for(lambda: vector(url, "max(models_loaded) == 0 and max(models_available) == 1"),
+                 what="Prometheus to scrape models_loaded 0 and models_available 1")
+        assert vector(url, "max(models_loaded) == 0")  # the former expression: it would have gone pending
+        seen = time.time()
+        rule = wait_for(lambda: (r := group_rules(url).get("NoModelsLoaded")) and evaluated_at(r) > seen and r,
+                        what="an evaluation of NoModelsLoaded after the scrape")
+        assert rule["health"] == "ok" and rule["state"] == "inactive", rule
+        assert active_alerts(url, "NoModelsLoaded") == []
+        assert vector(url, "max(models_loaded) == 0")  # still nothing open: no request came
+
+
+def without_threshold(alertname: str) -> str:
+    """A rule's expression without its final comparison (`... > 30`): the value it compares, for every series."""
+    expression = next(rule["expr"] for rule in alert_rules() if rule["alert"] == alertname)
+    bare, count = re.subn(r"\s*>\s*[\d.]+\s*$", "", expression)
+    assert count == 1, expression
+    return bare
+
+
+def test_eviction_rule_and_panels_see_a_replica_closing_models(make_server, tmp_path):
+    """Two uploaded models of 0.3 MB of weights and a budget smaller than either: each one the single worker opens
+    closes the other (iris would not do: its weights are too small for its measured size to be above 0.0 MB).
+    ModelEvictionsHigh's expression (before its threshold) sees the replica's evictions, and every query of the
+    "Models and memory" row has series, the load time a number."""
+    if PROMETHEUS is None:
+        pytest.skip("prometheus is not installed (Debian package prometheus)")
+    (tmp_path / "models").mkdir()
+    server = make_server(model_dir=tmp_path / "models", workers=1, env={"NEXUS_MEMORY_BUDGET_MB": "0.01"})
+    with running_prometheus(tmp_path / "prometheus", f"127.0.0.1:{server.port}", [ALERTS]) as url:
+        wait_for(lambda: vector(url, "sum(model_evictions_total) == 0"), what="Prometheus to scrape model_evictions_total 0")
+        for seed, name in enumerate(("a", "b")):  # rate() counts from the 0 scraped: the increase comes after it
+            response = upload(server, mlp(seed, EVICTED), name)
+            assert response.status_code == 201, response.text
+        for name in ("a", "b", "a", "b"):
+            response = predict(server, model_id=name, features=[0.5] * EVICTED[0])
+            assert response.status_code == 200, response.text
+        samples = metric_samples(server)
+        evictions = samples[("model_evictions_total", frozenset())]
+        assert evictions >= 3, samples  # every prediction above opened the model the one before closed
+        assert samples[("models_available", frozenset())] == 2 and samples[("models_loaded", frozenset())] == 1
+        wait_for(lambda: vector(url, f"sum(model_evictions_total) >= {evictions}"), what=f"Prometheus to scrape {evictions} evictions")
+        time.sleep(1.5)  # one more scrape at the same values
+
+        per_minute = vector(url, without_threshold("ModelEvictionsHigh"))
+        assert [sample["metric"] for sample in per_minute] == [{"instance": f"127.0.0.1:{server.port}"}]
+        assert float(per_minute[0]["value"][1]) > 0
+        assert active_alerts(url, "ModelEvictionsHigh") == []  # a few, not 30 a minute
+
+        queries = [grafana_to_promql(q) for q in dashboard_queries(json.loads(DASHBOARD.read_text()))]
+        row = [q for q in queries if PromQL(q).metrics & MODEL_SERIES]
+        for promql in row:
+            result = vector(url, promql)
+            assert result, f"no series for {promql!r}"
+            if "model_load_duration_seconds_bucket" in promql or "model_evictions_total" in promql:
+                assert all(float(s["value"][1]) > 0 for s in result), (promql, result)  # NaN is not > 0
+        memory = vector(url, "models_memory_bytes")
+        assert [s["metric"]["pid"] for s in memory] == [str(pid) for pid in server.worker_pids()]
+        assert float(memory[0]["value"][1]) > 0  # the open model, as measured at upload
 
 
 def test_error_rate_rule_sees_the_failed_predictions(prometheus, traffic):
@@ -353,6 +448,29 @@ def test_every_dashboard_query_runs_and_the_traffic_ones_return_series(prometheu
     covered = [q for q in queries if PromQL(q).metrics <= TRAFFIC_SERIES]
     assert len(covered) >= 6, covered  # request rate, two latencies, errors, inference p99, the variables
     assert sum("model_predictions_total" in q for q in covered) >= 3
+
+
+# The series of the "Models and memory" row (and of "Models loaded"): the server exports them from its start.
+MODEL_SERIES = frozenset({
+    "models_available", "models_loaded", "models_memory_bytes", "model_loads_total", "model_evictions_total",
+    "model_load_duration_seconds_bucket",
+})
+
+
+def test_the_models_and_memory_panels_show_the_live_servers_models(live, prometheus):
+    """Without a budget every worker opens every model at start: available and loaded agree, one memory series per
+    worker. Every query of the row returns series (the load time NaN here: no load within its window)."""
+    queries = [grafana_to_promql(q) for q in dashboard_queries(json.loads(DASHBOARD.read_text()))]
+    watched = [q for q in queries if PromQL(q).metrics and PromQL(q).metrics <= MODEL_SERIES]
+    assert len(watched) >= 7, watched  # available, loaded (twice), memory, loads, evictions, load time p50 and p95
+    for promql in watched:
+        assert wait_for(lambda: vector(prometheus, promql), what=f"series for {promql!r}")
+    available = vector(prometheus, "max(models_available)")
+    loaded = vector(prometheus, "max(models_loaded)")
+    assert float(available[0]["value"][1]) >= 1 and float(loaded[0]["value"][1]) == float(available[0]["value"][1])
+    pids = {str(pid) for pid in live.worker_pids()}
+    wait_for(lambda: {s["metric"]["pid"] for s in vector(prometheus, "models_memory_bytes")} == pids,
+             what=f"a models_memory_bytes series for each worker {sorted(pids)}")
 
 
 CLASSIFIER_SERIES = frozenset({
