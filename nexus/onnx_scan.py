@@ -137,3 +137,76 @@ def external_locations(data: bytes | memoryview, first: bool = False) -> set[str
             if child is not None and wire == 2:
                 stack.append((child, value[0], value[1], depth + 1))
     return found
+
+
+_GRAPH_NODE, _GRAPH_INITIALIZER = 1, 5
+_NODE_INPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE = 1, 4, 5
+_ATTRIBUTE_GRAPHS = (6, 11)
+_TENSOR_NAME = 8
+_PREPACKED = "prepacked_"  # onnxruntime's external_data entries for a weight's pre-packed forms: "<op>+<kernel>|<offset>;<length>;..."
+
+
+def weights_read(graph: bytes | memoryview) -> int:
+    """Return how many bytes of its external weights file a session of the serving graph ``graph``
+    holds: each weight's pre-packed forms, and its form as stored unless every node that reads it
+    runs on a pre-packed form (then onnxruntime never reads it). Raise ProtobufError if unsure."""
+    buf = memoryview(graph)
+    weights: dict[str, tuple[int, dict[str, int]]] = {}  # name -> (stored length, pre-packed op -> length)
+    readers: dict[str, set[str]] = {}  # name -> op types of the nodes that read it
+    model = dict((number, value) for number, wire, value in _fields(buf, 0, len(buf)) if wire == 2)
+    if 7 not in model:
+        raise ProtobufError("no graph")
+    graphs = [(*model[7], 0)]
+    while graphs:
+        start, end, depth = graphs.pop()
+        if depth > _MAX_DEPTH:
+            raise ProtobufError("graphs nested too deeply")
+        for number, wire, value in _fields(buf, start, end):
+            if wire != 2:
+                continue
+            if number == _GRAPH_INITIALIZER and depth == 0:
+                name, entry = _stored_weight(buf, *value)
+                if entry is not None:
+                    weights[name] = entry
+            elif number == _GRAPH_NODE:
+                op, inputs = "", []
+                for field, kind, span in _fields(buf, *value):
+                    if kind != 2:
+                        continue
+                    if field == _NODE_OP_TYPE:
+                        op = bytes(buf[span[0]:span[1]]).decode("utf-8", "replace")
+                    elif field == _NODE_INPUT:
+                        inputs.append(bytes(buf[span[0]:span[1]]).decode("utf-8", "replace"))
+                    elif field == _NODE_ATTRIBUTE:
+                        graphs.extend((*g, depth + 1) for f, k, g in _fields(buf, *span) if k == 2 and f in _ATTRIBUTE_GRAPHS)
+                for name in inputs:
+                    readers.setdefault(name, set()).add(op)
+    total = 0
+    for name, (length, packed) in weights.items():
+        total += sum(packed.values())
+        if not packed or not readers.get(name, set()) <= set(packed):
+            total += length
+    return total
+
+
+def _stored_weight(buf: memoryview, start: int, end: int) -> tuple[str, tuple[int, dict[str, int]] | None]:
+    """Return an initializer's name and, when it is external, its stored length and pre-packed forms' lengths by op."""
+    name, entries = "", {}
+    for number, wire, value in _fields(buf, start, end):
+        if wire == 2 and number == _TENSOR_NAME:
+            name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
+        elif wire == 2 and number == _TENSOR_EXTERNAL_DATA:
+            pair = {field: bytes(buf[span[0]:span[1]]).decode("utf-8", "replace") for field, kind, span in _fields(buf, *value) if kind == 2}
+            entries[pair.get(1, "")] = pair.get(2, "")
+    if "location" not in entries:
+        return name, None
+    try:
+        packed: dict[str, int] = {}
+        for key, text in entries.items():
+            if key.startswith(_PREPACKED):
+                kernel, _, spans = text.partition("|")
+                op = kernel.partition("+")[0]
+                packed[op] = packed.get(op, 0) + sum(int(span.split(";")[1]) for span in spans.split("|"))
+        return name, (int(entries["length"]), packed)
+    except (KeyError, ValueError, IndexError):
+        raise ProtobufError(f"unreadable external data entry of weight {name!r}") from None

@@ -320,6 +320,7 @@ def _error(exc: BaseException) -> dict[str, Any]:
 
 def _derive(data: bytes, serving: Serving, limits: Limits) -> dict[str, Any]:
     """Write the serving form, open it like a worker does, and return what it is and what one worker holds of it."""
+    from nexus.onnx_scan import ProtobufError, weights_read
     from nexus.runtime import Runtime, check_serving_graph, derive, trim_heap
 
     graph = os.path.join(serving.directory, serving.graph)
@@ -335,7 +336,8 @@ def _derive(data: bytes, serving: Serving, limits: Limits) -> dict[str, Any]:
         if not os.path.exists(weights):  # a model without an initializer of 1 KiB: all of it is in the graph
             open(weights, "wb").close()
         with open(graph, "rb") as file:
-            check_serving_graph(file.read(), serving.weights)
+            graph_bytes = file.read()
+        check_serving_graph(graph_bytes, serving.weights)
         before_kb = _status_kb(b"RssAnon:")
         runtime = Runtime(None, 1, limits, serving=graph)
         trim_heap()
@@ -346,7 +348,11 @@ def _derive(data: bytes, serving: Serving, limits: Limits) -> dict[str, Any]:
     except Exception as exc:
         return _error(exc)
     files = {"graph": _file_record(graph), "weights": _file_record(weights)}
-    resident_mb = private_mb + (files["graph"]["size"] + files["weights"]["size"]) / MB
+    try:  # the weights a session reads: not the stored form of one that runs on its pre-packed forms only
+        read = weights_read(graph_bytes)
+    except ProtobufError:
+        read = files["weights"]["size"]
+    resident_mb = private_mb + (files["graph"]["size"] + min(read, files["weights"]["size"])) / MB
     return {**files, "resident_mb": round(resident_mb, 3)}
 
 

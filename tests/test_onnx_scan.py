@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from nexus.onnx_scan import ProtobufError, external_locations, uses_external_data
+from nexus.onnx_scan import ProtobufError, external_locations, uses_external_data, weights_read
 from tests import hostile_models as hostile
 from tests import models
 
@@ -268,3 +268,48 @@ def test_external_locations_refuses_malformed_and_ort_format_bytes():
         external_locations(MALFORMED["deeply_nested_truncated_varint"])
     with pytest.raises(ProtobufError, match="ORT-format"):
         external_locations(b"\x1c\x00\x00\x00ORTM" + b"\x00" * 16)
+
+
+def _derived(tmp_path, nodes, inputs, outputs, initializers):
+    """The serving graph onnxruntime writes for a model, and the size of its weights file."""
+    from nexus.config import Settings
+    from nexus.runtime import derive
+
+    data = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, initializers),
+                             opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    derive(data, str(tmp_path / "k.serving"), "k.serving.weights", Settings().limits)
+    return (tmp_path / "k.serving").read_bytes(), (tmp_path / "k.serving.weights").stat().st_size
+
+
+def test_weights_read_leaves_out_the_stored_form_of_weights_that_run_pre_packed(tmp_path):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "W")  # 16 KiB, pre-packed twice
+    e = numpy_helper.from_array(rng.standard_normal((100, 64)).astype(np.float32), "E")  # 25,600 bytes, read as stored
+    graph, size = _derived(
+        tmp_path,
+        [helper.make_node("Gemm", ["x", "W"], ["g"], transB=1), helper.make_node("Gather", ["E", "i"], ["e"]),
+         helper.make_node("MatMul", ["e", "W"], ["m"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64]), helper.make_tensor_value_info("i", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("g", TensorProto.FLOAT, None), helper.make_tensor_value_info("m", TensorProto.FLOAT, None)],
+        [w, e],
+    )
+    assert weights_read(graph) == 2 * 16384 + 25600 < size == 3 * 16384 + 25600
+
+
+def test_weights_read_counts_the_stored_form_of_a_weight_another_node_reads_as_it_is(tmp_path):
+    """A tied weight: pre-packed for the MatMul, read as stored by the Gather."""
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "W")
+    graph, size = _derived(
+        tmp_path,
+        [helper.make_node("Gather", ["W", "i"], ["e"]), helper.make_node("MatMul", ["e", "W"], ["m"])],
+        [helper.make_tensor_value_info("i", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("m", TensorProto.FLOAT, None)],
+        [w],
+    )
+    assert weights_read(graph) == size == 2 * 16384
+
+
+def test_weights_read_refuses_what_it_cannot_read():
+    with pytest.raises(ProtobufError):
+        weights_read(b"\x0a\x02\x08")
