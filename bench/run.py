@@ -200,14 +200,7 @@ class Server:
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_group(self.proc, 20)
         self.log.close()
 
 
@@ -522,3 +515,15 @@ def chart(cases, levels, results, path: Path) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def stop_group(proc: subprocess.Popen, seconds: float) -> None:
+    """Stop a server started in its own process group: SIGTERM, then SIGKILL after ``seconds``."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(seconds)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
