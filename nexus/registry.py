@@ -63,6 +63,7 @@ log = logging.getLogger("nexus.registry")
 RACY_NS = 2_000_000_000
 SIDECAR_FORMAT = 2  # 2: versions (the sidecar's "sequence" orders them); 1 had none
 LOADER_POLL_S = 1.0  # the loader looks at the directory this often even when no request comes
+BUSY_RETRY_S = 0.05  # and this often while a version it must load is another worker's to check
 CLEAN_EVERY_S = 30.0  # and removes leftovers of dead writers (another replica's, say) this often
 # What a budget counts at least for one open version: besides its session (about 90 kB for iris), a worker
 # keeps its monitoring counts, metrics series and objects; 2,000 tiny models measured 0.24 MB each (PSS).
@@ -692,8 +693,9 @@ class Registry:
         self._routings[stored.model_id] = (stored.routing, found)
         return found
 
-    def _load_pending(self) -> None:
-        """Load every version noted as wanted, one at a time, swapping each in as soon as it is ready."""
+    def _load_pending(self) -> bool:
+        """Load every version noted as wanted, one at a time, swapping each in as soon as it is ready;
+        return whether one was left for later because another worker holds its model's claim."""
         with self._load_lock:
             with self._lock:
                 work = list(self._pending.items())
@@ -715,6 +717,7 @@ class Registry:
                 self._changed(before, self._models)
             if not busy:
                 self.synced_once = True
+            return busy
 
     def _load(self, key: str, signature: tuple[int, ...] | None,
               before_open: Callable[[float], None] | None = None) -> Model | None:
@@ -927,8 +930,9 @@ class Registry:
         self._loader_ident = threading.get_ident()
         last_clean = 0.0
         while True:
+            busy = False
             try:
-                self._load_pending()
+                busy = self._load_pending()
                 if time.monotonic() - last_clean >= CLEAN_EVERY_S:
                     last_clean = time.monotonic()
                     self.store.clean_leftovers()
@@ -936,7 +940,8 @@ class Registry:
                         self.monitoring.sweep()
             except Exception:  # the loader must outlive any one bad look at the disk
                 log.exception("loader pass failed")
-            self._wake.wait(LOADER_POLL_S)
+            # Another worker is checking a model (making its serving form, say): look again soon, not in a second.
+            self._wake.wait(BUSY_RETRY_S if busy else LOADER_POLL_S)
             self._wake.clear()
             try:
                 self._look_for_unlogged()

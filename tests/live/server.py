@@ -75,8 +75,11 @@ class LiveServer:
         raise RuntimeError(f"gunicorn did not become ready in {timeout} s")
 
     def _ready(self) -> bool:
+        """Every worker ready, as far as a few fresh connections can tell: a worker that lost the race
+        to check a model (make its serving form) is ready a moment after the one that won it."""
         try:
-            return requests.get(self.url("/health/ready"), timeout=2).status_code == 200
+            return all(requests.get(self.url("/health/ready"), headers={"Connection": "close"}, timeout=2).status_code == 200
+                       for _ in range(4 * self.workers))
         except requests.RequestException:
             return False
 
