@@ -856,7 +856,8 @@ class Registry:
         if not self.shared_weights:
             return None
         graph, weights = self.store.serving_paths(key)
-        return sandbox.Serving(str(workspace), graph.name, weights.name)
+        # The sandbox runs in a directory of its own: a relative model directory must not be taken from there.
+        return sandbox.Serving(os.path.abspath(workspace), graph.name, weights.name)
 
     def _runtime(self, key: str, shared: bool, file: IO[bytes], workspace: Path | None = None) -> Runtime:
         """Build the version's session: on its serving form (in ``workspace`` while it is being

@@ -409,3 +409,15 @@ def test_a_worker_still_holding_a_deleted_upload_never_writes_its_form_over_the_
             stale._admit("m@1", {**sidecar, "load_check": None}, digest, old)
     assert (graph.read_bytes(), weights.read_bytes()) == before
     assert stale.store.read_sidecar("m@1") == sidecar
+
+
+def test_a_relative_model_directory_gets_its_serving_form(tmp_path, monkeypatch):
+    """NEXUS_MODEL_DIR=models, as the quick start runs it: the sandbox, which works in a directory of its
+    own, must write the form into the model directory, not into a 'models' beside itself."""
+    monkeypatch.chdir(tmp_path)
+    registry = Registry(ModelStore(Path("models")), 1)
+    registry.store.ensure()
+    model = publish(registry, "m", models.mlp())
+    assert model.runtime.shared is True
+    assert "graph" in model.load_check["serving"]
+    assert sorted(p.name for p in (tmp_path / "models").glob("m@1.serving*")) == ["m@1.serving", "m@1.serving.weights"]
