@@ -530,14 +530,15 @@ class Registry:
             stamp = self.store.dir_stamp()
         except OSError:
             stamp = None
+        logged = self.store.changes_mark() != self._mark
         if time.monotonic() >= self._full_due:
             self._reread(follow=False)
-        elif stamp != self._stamp and self.store.changes_mark() == self._mark:
+        elif logged:
+            self._reread(follow=True)
+        elif stamp != self._stamp:
             if stamp == self._unexplained:
                 self._reread(follow=False)
             self._unexplained = stamp
-        elif self.store.changes_mark() != self._mark:
-            self._reread(follow=True)
 
     def _reread(self, follow: bool = False) -> None:
         """Read the directory again: with ``follow``, only the models the change log names since the

@@ -229,18 +229,19 @@ def check_serving_graph(graph: bytes, weights_name: str) -> None:
         raise InvalidModel("the serving form names other external data than its weights file")
 
 
-def trim_heap() -> None:
-    """Give the C heap's free pages back to the system (a load leaves tens of MB of them behind)."""
-    if _libc is not None:
-        _libc.malloc_trim(0)
-
-
 try:
     import ctypes
 
     _libc = ctypes.CDLL("libc.so.6")
 except OSError:  # not glibc: nothing to trim
     _libc = None
+
+
+def trim_heap() -> None:
+    """Give the C heap's free pages back to the system (a load leaves tens of MB of them behind)."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
 
 
 def out_of_memory(text: str) -> bool:

@@ -26,7 +26,6 @@ serving form cannot be made is still served, from its bytes, and the record says
 from __future__ import annotations
 
 import gc
-import hashlib
 import json
 import os
 import resource
@@ -46,7 +45,6 @@ from nexus.errors import InvalidModel, ModelLoadTimeout, ModelTooLarge
 
 _POLL_S = 0.005
 _START_TIMEOUT_S = 60  # interpreter and onnxruntime import on a loaded machine
-_CHUNK = 1 << 20
 # What a serving form may take on disk: its weights once and pre-packed once, plus slack.
 _SERVING_FILES_FACTOR, _SERVING_FILES_SLACK = 3, 64 * MB
 
@@ -74,14 +72,6 @@ class Serving:
     directory: str
     graph: str
     weights: str
-
-
-def _file_record(path: str) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(_CHUNK):
-            digest.update(chunk)
-    return {"sha256": digest.hexdigest(), "size": os.path.getsize(path)}
 
 
 def verdict(record: Any, sha256: str, limits: Limits) -> str | None:
@@ -311,26 +301,40 @@ def _child_main(fd: int, limits: Limits, serving: Serving | None) -> None:
     _emit({"peak_mb": round(peak_mb, 1), "seconds": round(seconds, 3)})
     if serving is not None:
         del runtime
-        _emit(_derive(data, serving, limits))
+        failed = _write_form(data, serving, limits)
+        del data  # the bytes are not needed to open the form: the memory watched while it is measured is the form's
+        _emit(failed or _measure_form(serving, limits))
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
     return {"error": getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}", "code": getattr(exc, "code", None)}
 
 
-def _derive(data: bytes, serving: Serving, limits: Limits) -> dict[str, Any]:
-    """Write the serving form, open it like a worker does, and return what it is and what one worker holds of it."""
+def _write_form(data: bytes, serving: Serving, limits: Limits) -> dict[str, Any] | None:
+    """Write the serving form of ``data`` (files allowed up to the bound, then none); return why it failed, or None."""
+    from nexus.runtime import derive
+
+    try:
+        bound = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (bound, bound))
+        derive(data, os.path.join(serving.directory, serving.graph), serving.weights, limits)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    except MemoryError:
+        return {"error": "MemoryError"}
+    except Exception as exc:
+        return _error(exc)
+    return None
+
+
+def _measure_form(serving: Serving, limits: Limits) -> dict[str, Any]:
+    """Open the serving form like a worker does; return what it is and what one worker holds of it."""
     from nexus.onnx_scan import ProtobufError, weights_read
-    from nexus.runtime import Runtime, check_serving_graph, derive, trim_heap
+    from nexus.runtime import Runtime, check_serving_graph, trim_heap
+    from nexus.store import file_digest
 
     graph = os.path.join(serving.directory, serving.graph)
     weights = os.path.join(serving.directory, serving.weights)
     try:
-        bound = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
-        resource.setrlimit(resource.RLIMIT_FSIZE, (bound, bound))
-        derive(data, graph, serving.weights, limits)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-        del data
         gc.collect()
         trim_heap()
         if not os.path.exists(weights):  # a model without an initializer of 1 KiB: all of it is in the graph
@@ -347,7 +351,7 @@ def _derive(data: bytes, serving: Serving, limits: Limits) -> dict[str, Any]:
         return {"error": "MemoryError"}
     except Exception as exc:
         return _error(exc)
-    files = {"graph": _file_record(graph), "weights": _file_record(weights)}
+    files = {"graph": file_digest(graph), "weights": file_digest(weights)}
     try:  # the weights a session reads: not the stored form of one that runs on its pre-packed forms only
         read = weights_read(graph_bytes)
     except ProtobufError:
