@@ -725,6 +725,9 @@ class Registry:
         started = time.perf_counter()
         model_id = model_of(key)
         try:
+            # The files as they are now, taken before they are read: a sidecar another worker rewrote since
+            # the directory was read (a serving form it made while this one waited) is not a change to reload for.
+            signature = self.store.signature(key)
             if signature is None:
                 raise ValueError("the .onnx file next to the sidecar is missing")
             sidecar = self.store.read_sidecar(key)

@@ -46,6 +46,8 @@ def test_models_loaded_is_the_model_count_not_a_sum_over_workers(live):
         predict(live, "extra", (1, 2, 3, 4))  # the other workers notice the new model
     assert total(metric_samples(live), "models_loaded") == 2
     assert requests.delete(live.url("/models/extra"), headers=CLOSE, timeout=5).status_code == 200
+    for _ in range(8):
+        predict(live)  # the other workers notice the delete (one still opening "extra" would report 2 last)
     assert total(metric_samples(live), "models_loaded") == 1
 
 
