@@ -488,9 +488,12 @@ class Registry:
         request for one model checks that model's own files instead of re-reading everything.
         """
         if self._pid == os.getpid() and self._loader_pid == self._pid:
-            if self._missing or self.store.changes_mark() != self._mark:
-                self.sync()
-            return
+            mark = self.store.changes_mark()
+            if mark is not None or self._missing:
+                if self._missing or mark != self._mark:
+                    self.sync()
+                return
+            # No log (none written yet, or the directory is gone): watch the directory as below.
         try:
             stamp = self.store.dir_stamp()
         except OSError:
